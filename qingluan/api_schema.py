@@ -1,0 +1,232 @@
+"""Bodies of the controller's REST API (``/v1``), shared by server and clients.
+
+The controller validates every body against these models and the driver
+builds its requests with them, so both ends agree on one contract. Every
+validation error names the field it is about.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from qingluan.model import (
+    DatapathType,
+    Endpoint,
+    Host,
+    Network,
+    NetworkModel,
+    Pool,
+    PortMapping,
+)
+
+API_PREFIX = "/v1"
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_PORT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+VLAN_MIN, VLAN_MAX = 1, 4094
+VNI_MIN, VNI_MAX = 1, 16_777_215
+MTU_MIN, MTU_MAX = 576, 9000
+
+
+def _mac(value: str) -> str:
+    low = value.lower()
+    if not _MAC.match(low):
+        raise ValueError(f"{value!r} is not a MAC address like 02:42:ac:11:00:02")
+    if int(low[:2], 16) & 0x01:
+        raise ValueError(f"{value!r} is a multicast MAC address")
+    return low
+
+
+def _ipv4(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address") from None
+
+
+def _ipv4_or_empty(value: str) -> str:
+    return "" if value == "" else _ipv4(value)
+
+
+def _cidr(value: str) -> str:
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IPv4 subnet like 192.168.1.0/24 ({exc})") from None
+    if net.prefixlen > 30:
+        raise ValueError(f"{value!r} is too small: the prefix length must be 30 or less")
+    return str(net)
+
+
+def _name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name (letters, digits, '_', '.', '-'; at most 63)"
+        )
+    return value
+
+
+def _port_name(value: str) -> str:
+    if not _PORT_NAME.match(value):
+        raise ValueError(f"{value!r} is not a valid interface name (at most 15 characters)")
+    return value
+
+
+Mac = Annotated[str, AfterValidator(_mac)]
+IPv4 = Annotated[str, AfterValidator(_ipv4)]
+IPv4OrEmpty = Annotated[str, AfterValidator(_ipv4_or_empty)]
+Cidr = Annotated[str, AfterValidator(_cidr)]
+Name = Annotated[str, AfterValidator(_name)]
+PortName = Annotated[str, AfterValidator(_port_name)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---- errors ----------------------------------------------------------------
+
+
+class ErrorBody(Body):
+    """Every 4xx/5xx reply: ``{"error": "...", "code": "..."}``."""
+
+    error: str
+    code: str
+
+
+# ---- hosts -----------------------------------------------------------------
+
+
+class HostRegistration(Body):
+    dpid: int = Field(ge=1, lt=2**64)
+    bridge: PortName
+    datapath_type: DatapathType
+    address: IPv4 | None = None
+
+
+class HostStatus(Body):
+    host: Host
+    connected: bool
+    ports: dict[str, int] = Field(default_factory=dict, description="port name -> OpenFlow port")
+
+
+class FlowDump(Body):
+    host: str
+    connected: bool
+    flows: list[str]
+    groups: list[str]
+
+
+class ReconcileResult(Body):
+    host: str
+    flows_added: int
+    flows_deleted: int
+    groups_added: int
+    groups_modified: int
+    groups_deleted: int
+    seconds: float
+
+
+# ---- IPAM ------------------------------------------------------------------
+
+
+class PoolRequest(Body):
+    """RequestPool: a named pool (``--ipam-opt pool=``) and/or a ``--subnet``."""
+
+    pool: Name = Field(description="address-pool name, e.g. nat, nonat, flat, vlan")
+    subnet: Cidr | None = Field(default=None, description="--subnet; None: carve from the pool")
+    ip_range: Cidr | None = Field(default=None, description="--ip-range inside the subnet")
+    options: dict[str, str] = Field(default_factory=dict, description="all --ipam-opt values")
+
+    @model_validator(mode="after")
+    def _range_inside_subnet(self) -> PoolRequest:
+        if self.ip_range is not None:
+            if self.subnet is None:
+                raise ValueError("ip_range: --ip-range needs --subnet")
+            rng = ipaddress.IPv4Network(self.ip_range)
+            if not rng.subnet_of(ipaddress.IPv4Network(self.subnet)):
+                raise ValueError(f"ip_range: {self.ip_range} is not inside subnet {self.subnet}")
+        return self
+
+
+class PoolReply(Body):
+    pool_id: str
+    subnet: str
+
+
+class AddressRequest(Body):
+    address: IPv4 | None = Field(default=None, description="a given address; None: any free one")
+    mac: Mac | None = Field(default=None, description="MAC of the endpoint that asks")
+    gateway: bool = Field(default=False, description="the network's gateway address")
+
+
+class AddressReply(Body):
+    address: str = Field(description="address/prefix-length, as Docker wants it")
+
+
+# ---- networks --------------------------------------------------------------
+
+
+class NetworkCreate(Body):
+    host: Name
+    model: NetworkModel
+    pool_id: str = Field(min_length=1, max_length=128)
+    mtu: int | None = Field(default=None, ge=MTU_MIN, le=MTU_MAX)
+    internal: bool = False
+    vni: int | None = Field(default=None, description="VLAN id (vlan) or VNI (vxlan)")
+    options: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _vni_fits_model(self) -> NetworkCreate:
+        if self.model is NetworkModel.VLAN:
+            if self.vni is None:
+                raise ValueError("vni: a vlan network needs --opt vni=<VLAN id 1-4094>")
+            if not VLAN_MIN <= self.vni <= VLAN_MAX:
+                raise ValueError(f"vni: VLAN id {self.vni} is outside 1-4094")
+        elif self.model is NetworkModel.VXLAN:
+            if self.vni is None:
+                raise ValueError("vni: a vxlan network needs --opt vni=<VNI 1-16777215>")
+            if not VNI_MIN <= self.vni <= VNI_MAX:
+                raise ValueError(f"vni: VNI {self.vni} is outside 1-16777215")
+        elif self.vni is not None:
+            raise ValueError(f"vni: a {self.model.value} network takes no vni")
+        return self
+
+
+class NetworkUpdate(Body):
+    name: Name | None = None
+
+
+# ---- endpoints -------------------------------------------------------------
+
+
+class EndpointCreate(Body):
+    network_id: str = Field(min_length=1, max_length=128)
+    host: Name
+    mac: Mac
+    address: IPv4
+    port_name: PortName
+    port_mappings: tuple[PortMapping, ...] = ()
+
+
+class EndpointUpdate(Body):
+    container_name: str | None = Field(default=None, max_length=255)
+    port_mappings: tuple[PortMapping, ...] | None = None
+
+
+class EndpointStatus(Body):
+    endpoint: Endpoint
+    flows_confirmed: bool
+
+
+class Status(Body):
+    hosts: list[HostStatus]
+    networks: list[Network]
+    endpoints: list[Endpoint]
+    pools: list[Pool]

@@ -1,0 +1,170 @@
+"""The project's own small OpenFlow vocabulary: flows and groups as values.
+
+Nothing here knows os-ken. ``qingluan.controller.ofvocab`` is the one module
+that turns these values into os-ken messages and parses switch replies back
+into them, so desired and actual state compare as plain values.
+
+Match field names are the OpenFlow 1.3 OXM names os-ken uses (``in_port``,
+``eth_dst``, ``arp_tpa``, ``metadata``...). Values are ints, lowercase MAC
+strings or dotted IPv4 strings; a masked value is a ``(value, mask)`` tuple.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+MatchValue = int | str | tuple[int, int] | tuple[str, str]
+
+# Reserved OpenFlow port numbers (OpenFlow 1.3, 32-bit).
+OFPP_IN_PORT = 0xFFFFFFF8
+OFPP_LOCAL = 0xFFFFFFFE
+OFPP_CONTROLLER = 0xFFFFFFFD
+
+# OpenFlow metadata bits that carry the network key.
+NETWORK_KEY_MASK = 0x0000_0000_00FF_FFFF
+NETWORK_KEY_MAX = NETWORK_KEY_MASK
+
+
+class CookieKind(IntEnum):
+    """Who owns a flow: the top byte of its cookie."""
+
+    BASE = 0x01  # table-miss and other fixed pipeline flows
+    NETWORK = 0x02  # per network: gateway port, flooding, ARP for the gateway
+    ENDPOINT = 0x03  # per endpoint: port security, forwarding, ARP
+
+
+COOKIE_KIND_SHIFT = 56
+COOKIE_OWNER_MASK = (1 << COOKIE_KIND_SHIFT) - 1
+
+
+def cookie(kind: CookieKind, owner: str | int) -> int:
+    """A cookie naming the owner of a flow: kind in the top byte, owner hash below."""
+    if isinstance(owner, int):
+        low = owner & COOKIE_OWNER_MASK
+    else:
+        low = int.from_bytes(hashlib.sha256(owner.encode()).digest()[:7], "big")
+    return (int(kind) << COOKIE_KIND_SHIFT) | low
+
+
+def cookie_kind(value: int) -> int:
+    return value >> COOKIE_KIND_SHIFT
+
+
+# ---- actions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Output:
+    port: int
+
+
+@dataclass(frozen=True)
+class GroupAction:
+    group_id: int
+
+
+@dataclass(frozen=True)
+class SetField:
+    field: str
+    value: int | str
+
+
+@dataclass(frozen=True)
+class Move:
+    """Copy a whole field into another of the same width (OVS NXAST_REG_MOVE)."""
+
+    src: str
+    dst: str
+
+
+Action = Output | GroupAction | SetField | Move
+
+
+# ---- flows and groups --------------------------------------------------------
+
+
+def _freeze_match(match: Mapping[str, MatchValue]) -> tuple[tuple[str, MatchValue], ...]:
+    return tuple(sorted(match.items()))
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One flow entry.
+
+    ``actions`` are applied (OFPIT_APPLY_ACTIONS); ``write_metadata`` is a
+    ``(value, mask)`` pair; ``goto`` names the next table. A flow with no
+    actions and no goto drops.
+    """
+
+    table: int
+    priority: int
+    match: tuple[tuple[str, MatchValue], ...]
+    actions: tuple[Action, ...] = ()
+    write_metadata: tuple[int, int] | None = None
+    goto: int | None = None
+    cookie: int = 0
+
+    @staticmethod
+    def make(
+        table: int,
+        priority: int,
+        match: Mapping[str, MatchValue],
+        actions: tuple[Action, ...] | list[Action] = (),
+        *,
+        write_metadata: tuple[int, int] | None = None,
+        goto: int | None = None,
+        cookie: int = 0,
+    ) -> Flow:
+        return Flow(
+            table=table,
+            priority=priority,
+            match=_freeze_match(match),
+            actions=tuple(actions),
+            write_metadata=write_metadata,
+            goto=goto,
+            cookie=cookie,
+        )
+
+    @property
+    def key(self) -> tuple[int, int, tuple[tuple[str, MatchValue], ...]]:
+        """OpenFlow identity of a flow: a switch holds at most one per key."""
+        return (self.table, self.priority, self.match)
+
+    def match_dict(self) -> dict[str, MatchValue]:
+        return dict(self.match)
+
+    def with_cookie(self, value: int) -> Flow:
+        return Flow(
+            self.table,
+            self.priority,
+            self.match,
+            self.actions,
+            self.write_metadata,
+            self.goto,
+            value,
+        )
+
+
+@dataclass(frozen=True)
+class Group:
+    """An OpenFlow group of type ALL (every bucket gets a copy)."""
+
+    group_id: int
+    buckets: tuple[tuple[Action, ...], ...]
+
+
+@dataclass(frozen=True)
+class BridgeState:
+    """Everything a bridge should hold (desired) or holds (actual)."""
+
+    flows: frozenset[Flow] = field(default_factory=frozenset)
+    groups: frozenset[Group] = field(default_factory=frozenset)
+
+    def flows_by_key(self) -> dict[tuple[int, int, tuple[tuple[str, MatchValue], ...]], Flow]:
+        return {f.key: f for f in self.flows}
+
+    def groups_by_id(self) -> dict[int, Group]:
+        return {g.group_id: g for g in self.groups}

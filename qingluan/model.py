@@ -1,0 +1,126 @@
+"""Plain domain data shared by the controller and the driver.
+
+These values are validated once, where they enter the system (REST bodies in
+``qingluan.api_schema``, Docker requests in ``qingluan.driver.protocol``), and
+trusted everywhere inside. They are frozen so that a value handed to the pure
+pipeline cannot change under it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NetworkModel(StrEnum):
+    """The network modes (``--opt model=...``)."""
+
+    NONAT = "nonat"
+    NAT = "nat"
+    FLAT = "flat"
+    VLAN = "vlan"
+    VXLAN = "vxlan"
+
+
+class DatapathType(StrEnum):
+    SYSTEM = "system"
+    NETDEV = "netdev"
+
+
+class Host(Frozen):
+    """A Docker host running ``qingluan driver`` with its integration bridge."""
+
+    name: str
+    dpid: int = Field(description="OpenFlow datapath id of the host's integration bridge")
+    bridge: str
+    datapath_type: DatapathType
+    address: str | None = Field(default=None, description="underlay address (cross-host modes)")
+
+
+class Pool(Frozen):
+    """An IPAM pool: one subnet handed to Docker for one network.
+
+    ``name`` is the address-pool name the user chose with ``--ipam-opt pool=``
+    (``nat``, ``nonat``, ...). ``network_id`` is set once a network is bound to
+    the pool by CreateNetwork; a pool with no network is released by
+    ReleasePool, a bound one is kept (see docs/architecture.md, "IPAM").
+    """
+
+    id: str
+    name: str
+    subnet: str
+    ip_range: str | None = None
+    gateway: str | None = None
+    user_subnet: bool = Field(description="the subnet came from --subnet, not from the pool range")
+    network_id: str | None = None
+    options: dict[str, str] = Field(default_factory=dict)
+
+
+class AllocationKind(StrEnum):
+    ENDPOINT = "endpoint"
+    AUX = "aux"
+
+
+class Allocation(Frozen):
+    """One address handed out of a pool (the gateway is kept on the pool itself)."""
+
+    pool_id: str
+    address: str
+    kind: AllocationKind
+    mac: str | None = Field(default=None, description="MAC Docker sent with the request")
+
+
+class Network(Frozen):
+    """A qingluan network as the controller knows it.
+
+    ``key`` is a small integer unique in the cluster; the pipeline uses it as
+    the OpenFlow metadata value of the network and as its flood group id.
+    """
+
+    id: str = Field(description="Docker network id")
+    key: int
+    host: str
+    model: NetworkModel
+    pool_id: str
+    subnet: str
+    gateway: str = Field(description="gateway address without prefix length")
+    gateway_mac: str
+    mtu: int = 1500
+    internal: bool = False
+    vni: int | None = None
+    name: str | None = Field(default=None, description="Docker network name, learned afterwards")
+    options: dict[str, str] = Field(default_factory=dict)
+
+
+class Protocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+    SCTP = "sctp"
+
+
+class PortMapping(Frozen):
+    """One ``docker run -p`` publication: host_ip:host_port[-end] -> container_port."""
+
+    proto: Protocol
+    container_port: int = Field(ge=1, le=65535)
+    host_port: int = Field(ge=1, le=65535)
+    host_port_end: int = Field(ge=1, le=65535)
+    host_ip: str = Field(default="", description="'' means every host address")
+
+
+class Endpoint(Frozen):
+    """A container's interface on a qingluan network."""
+
+    id: str = Field(description="Docker endpoint id")
+    network_id: str
+    host: str
+    mac: str
+    address: str = Field(description="IPv4 address without prefix length")
+    port_name: str = Field(description="host end of the veth pair, attached to the bridge")
+    container_name: str | None = None
+    port_mappings: tuple[PortMapping, ...] = ()
