@@ -1,0 +1,5 @@
+import sys
+
+from qingluan.cli import main
+
+sys.exit(main())

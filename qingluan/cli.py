@@ -1,0 +1,154 @@
+"""The ``qingluan`` command: run the controller or the driver, or look at the state.
+
+``qingluan controller`` is what ``ryu-manager qingluan.controller`` was (os-ken,
+Ryu's maintained continuation, has no manager CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_API = "http://127.0.0.1:6680"
+DEFAULT_STATE_DIR = Path("/var/lib/qingluan")
+
+
+def _controller_url(args: argparse.Namespace) -> str:
+    return str(args.controller or os.environ.get("QINGLUAN_CONTROLLER") or DEFAULT_API)
+
+
+def _add_controller_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--controller",
+        metavar="URL",
+        help=f"controller REST API (env QINGLUAN_CONTROLLER, default {DEFAULT_API})",
+    )
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from qingluan.controller.main import config_from_args, run_controller
+
+    _setup_logging(args.log_level)
+    run_controller(config_from_args(args))
+    return 0
+
+
+def cmd_driver(args: argparse.Namespace) -> int:
+    from qingluan.driver.main import config_from_args, run_driver
+
+    _setup_logging(args.log_level)
+    run_driver(config_from_args(args))
+    return 0
+
+
+def _get(url: str) -> object:
+    import httpx
+
+    try:
+        reply = httpx.get(url, timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"qingluan: cannot reach the controller at {url}: {exc}") from None
+    if reply.status_code >= 400:
+        try:
+            message = reply.json().get("error", reply.text)
+        except ValueError:
+            message = reply.text
+        raise SystemExit(f"qingluan: {message}")
+    return reply.json()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from qingluan.api_schema import Status
+    from qingluan.status_view import render_status
+
+    data = _get(_controller_url(args) + "/v1/status")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    status = Status.model_validate(data)
+    print(render_status(status))
+    disconnected = [h.host.name for h in status.hosts if not h.connected]
+    return 1 if disconnected else 0
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    from qingluan.api_schema import FlowDump
+    from qingluan.status_view import render_flows
+
+    dump = FlowDump.model_validate(_get(f"{_controller_url(args)}/v1/hosts/{args.host}/flows"))
+    print(render_flows(dump))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qingluan",
+        description="qingluan (青鸾): SDN network plugin for Docker on Open vSwitch",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ctl = sub.add_parser("controller", help="run the controller (OpenFlow + REST API)")
+    ctl.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    ctl.add_argument("--api-host", default="127.0.0.1", help="REST listen address")
+    ctl.add_argument("--api-port", type=int, default=6680)
+    ctl.add_argument("--openflow-host", default="0.0.0.0", help="OpenFlow listen address")
+    ctl.add_argument("--openflow-port", type=int, default=6653)
+    ctl.add_argument(
+        "--pool",
+        action="append",
+        default=[],
+        metavar="NAME=CIDR",
+        help="address range of a named pool, e.g. nat=10.128.0.0/16 (repeatable)",
+    )
+    ctl.add_argument("--resync-interval", type=float, default=30.0, metavar="SECONDS")
+    ctl.add_argument("--log-level", default="info")
+    ctl.set_defaults(func=cmd_controller)
+
+    drv = sub.add_parser("driver", help="run the Docker network and IPAM driver of this host")
+    _add_controller_arg(drv)
+    drv.add_argument("--host-name", default=None, help="this host's name (default: hostname)")
+    drv.add_argument("--token-file", type=Path, default=DEFAULT_STATE_DIR / "token")
+    drv.add_argument(
+        "--openflow-target",
+        default="tcp:127.0.0.1:6653",
+        help="where the bridge finds the controller (ovs-vsctl set-controller syntax)",
+    )
+    drv.add_argument("--bridge", default="br-ql", help="integration bridge name")
+    drv.add_argument("--ovsdb", default=None, help="OVSDB socket, e.g. unix:/run/ovs/db.sock")
+    drv.add_argument("--plugin-dir", type=Path, default=Path("/run/docker/plugins"))
+    drv.add_argument("--chain-prefix", default="QINGLUAN", help="prefix of iptables chains")
+    drv.add_argument("--datapath", choices=("auto", "system", "netdev"), default="auto")
+    drv.add_argument("--log-level", default="info")
+    drv.set_defaults(func=cmd_driver)
+
+    st = sub.add_parser("status", help="hosts, networks and endpoints")
+    _add_controller_arg(st)
+    st.add_argument("--json", action="store_true", help="print the raw JSON")
+    st.set_defaults(func=cmd_status)
+
+    fl = sub.add_parser("flows", help="the flows of a host's bridge")
+    _add_controller_arg(fl)
+    fl.add_argument("host")
+    fl.set_defaults(func=cmd_flows)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

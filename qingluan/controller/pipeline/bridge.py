@@ -1,0 +1,379 @@
+"""The desired state of one host's bridge, computed from its networks and endpoints.
+
+Pure: no switch, no store, no clock. ``compute_bridge`` is the only entry
+point; the small builders below each make one kind of flow so that a reader
+(and a test failure) can point at the piece that is wrong.
+
+Every network on the bridge is a *segment*: the bridge ports that belong to
+it (its gateway port and its endpoints' ports, as far as the switch already
+reports them) plus, for the cross-host models that come later, uplink or
+tunnel pieces. A segment yields flows and flood buckets; ``compute_bridge``
+turns the buckets into the network's flood group and adds the broadcast flow
+only when that group exists, so a flow never points at a missing group.
+
+Flow count is linear: a fixed handful per endpoint, a fixed handful per
+network, and the table-miss flows of the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from qingluan import names
+from qingluan.controller.pipeline.flow import (
+    NETWORK_KEY_MASK,
+    NETWORK_KEY_MAX,
+    OFPP_IN_PORT,
+    Action,
+    BridgeState,
+    CookieKind,
+    Flow,
+    Group,
+    GroupAction,
+    MatchValue,
+    Move,
+    Output,
+    SetField,
+    cookie,
+)
+from qingluan.controller.pipeline.tables import (
+    PASS_THROUGH_PRIORITY,
+    PIPELINE,
+    Table,
+    check_flow,
+)
+from qingluan.errors import Conflict
+from qingluan.model import Endpoint, Network, NetworkModel
+
+ETH_TYPE_IPV4 = 0x0800
+ETH_TYPE_ARP = 0x0806
+ARP_OP_REQUEST = 1
+ARP_OP_REPLY = 2
+# the group/multicast bit of the first octet: broadcast and every multicast
+MULTICAST_BIT = "01:00:00:00:00:00"
+
+# Priorities inside a table. Table-miss flows use PASS_THROUGH_PRIORITY (0).
+PORT_PRIORITY = 100  # CLASSIFY: a port's own traffic
+ANSWER_PRIORITY = 100  # ARP: a request for a known address
+UNICAST_PRIORITY = 100  # L2: a known destination MAC
+FLOOD_PRIORITY = 50  # L2: broadcast/multicast
+
+Bucket = tuple[Action, ...]
+FlowKey = tuple[int, int, tuple[tuple[str, MatchValue], ...]]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One bridge port of a network: a gateway or an endpoint the switch reports."""
+
+    owner: str  # for messages: "gateway of network <id>" / "endpoint <id>"
+    port: int
+    mac: str
+    ip: str
+    cookie: int
+
+
+@dataclass(frozen=True)
+class LocalNetwork:
+    """A network as the bridge sees it: the network and its ports present on the switch."""
+
+    network: Network
+    gateway: Member | None
+    endpoints: tuple[Member, ...]  # sorted by port number
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        gateway = (self.gateway,) if self.gateway else ()
+        return tuple(sorted(gateway + self.endpoints, key=lambda m: m.port))
+
+
+@dataclass(frozen=True)
+class OwnedFlows:
+    """Flows of one owner; ``owner`` names it in conflict messages."""
+
+    owner: str
+    flows: tuple[Flow, ...]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """What one network contributes: its flows and the buckets of its flood group."""
+
+    flows: tuple[OwnedFlows, ...]
+    flood_buckets: tuple[Bucket, ...]
+
+
+# ---- fixed flows ---------------------------------------------------------------------
+
+
+def table_miss_flows() -> list[Flow]:
+    """One priority-0 flow per table: continue to the declared next table, or drop."""
+    base = cookie(CookieKind.BASE, "table-miss")
+    return [
+        Flow.make(
+            int(spec.table),
+            PASS_THROUGH_PRIORITY,
+            {},
+            goto=None if spec.miss_goto is None else int(spec.miss_goto),
+            cookie=base,
+        )
+        for spec in PIPELINE.values()
+    ]
+
+
+# ---- per port ------------------------------------------------------------------------
+
+
+def network_metadata(network: Network) -> tuple[int, int]:
+    return (network.key, NETWORK_KEY_MASK)
+
+
+def _into_network(network: Network, match: Mapping[str, MatchValue], owner_cookie: int) -> Flow:
+    return Flow.make(
+        int(Table.CLASSIFY),
+        PORT_PRIORITY,
+        match,
+        write_metadata=network_metadata(network),
+        goto=int(Table.QUARANTINE),
+        cookie=owner_cookie,
+    )
+
+
+def gateway_classify_flows(network: Network, gateway: Member) -> list[Flow]:
+    """The gateway port is the host's side of the network: trusted, whatever it sends."""
+    return [_into_network(network, {"in_port": gateway.port}, gateway.cookie)]
+
+
+def endpoint_classify_flows(network: Network, endpoint: Member) -> list[Flow]:
+    """Port security: an endpoint passes only IPv4 and ARP from its own MAC and address.
+
+    Anything else from its port (a spoofed MAC or IP, IPv6, other ethertypes)
+    matches nothing here and falls to the table's drop.
+    """
+    port: dict[str, MatchValue] = {"in_port": endpoint.port, "eth_src": endpoint.mac}
+    ipv4 = {**port, "eth_type": ETH_TYPE_IPV4, "ipv4_src": endpoint.ip}
+    arp = {**port, "eth_type": ETH_TYPE_ARP, "arp_spa": endpoint.ip, "arp_sha": endpoint.mac}
+    return [
+        _into_network(network, ipv4, endpoint.cookie),
+        _into_network(network, arp, endpoint.cookie),
+    ]
+
+
+def arp_reply_actions(mac: str, ip: str) -> tuple[Action, ...]:
+    """Turn an ARP request in place into the reply ``ip is-at mac`` and send it back."""
+    return (
+        Move("eth_src", "eth_dst"),
+        SetField("eth_src", mac),
+        SetField("arp_op", ARP_OP_REPLY),
+        Move("arp_sha", "arp_tha"),
+        Move("arp_spa", "arp_tpa"),
+        SetField("arp_sha", mac),
+        SetField("arp_spa", ip),
+        Output(OFPP_IN_PORT),
+    )
+
+
+def arp_responder_flow(network: Network, member: Member) -> Flow:
+    """Answer an ARP request for a known address of the network from the flow table."""
+    return Flow.make(
+        int(Table.ARP),
+        ANSWER_PRIORITY,
+        {
+            "metadata": network_metadata(network),
+            "eth_type": ETH_TYPE_ARP,
+            "arp_op": ARP_OP_REQUEST,
+            "arp_tpa": member.ip,
+        },
+        arp_reply_actions(member.mac, member.ip),
+        cookie=member.cookie,
+    )
+
+
+def l2_unicast_flow(network: Network, member: Member) -> Flow:
+    return Flow.make(
+        int(Table.L2),
+        UNICAST_PRIORITY,
+        {"metadata": network_metadata(network), "eth_dst": member.mac},
+        (Output(member.port),),
+        cookie=member.cookie,
+    )
+
+
+def member_flows(network: Network, member: Member, classify: list[Flow]) -> OwnedFlows:
+    """A port's flows: classify it, answer ARP for its address, deliver to its MAC."""
+    flows = (*classify, arp_responder_flow(network, member), l2_unicast_flow(network, member))
+    return OwnedFlows(member.owner, flows)
+
+
+# ---- per network ---------------------------------------------------------------------
+
+
+def local_port_buckets(local: LocalNetwork) -> tuple[Bucket, ...]:
+    """One bucket per port of the network on this bridge, by port number."""
+    return tuple((Output(m.port),) for m in local.members)
+
+
+def local_segment(local: LocalNetwork) -> Segment:
+    """The part every model has: the network's ports on this bridge."""
+    network = local.network
+    flows: list[OwnedFlows] = []
+    if local.gateway is not None:
+        gateway_classify = gateway_classify_flows(network, local.gateway)
+        flows.append(member_flows(network, local.gateway, gateway_classify))
+    for endpoint in local.endpoints:
+        flows.append(member_flows(network, endpoint, endpoint_classify_flows(network, endpoint)))
+    return Segment(tuple(flows), local_port_buckets(local))
+
+
+# One builder per model. flat/vlan/vxlan will add their uplink or tunnel pieces on top of
+# local_segment; a model without a builder gets the local part only.
+SEGMENT_BUILDERS: Mapping[NetworkModel, Callable[[LocalNetwork], Segment]] = {
+    NetworkModel.NONAT: local_segment,
+    NetworkModel.NAT: local_segment,
+}
+
+
+def network_segment(local: LocalNetwork) -> Segment:
+    return SEGMENT_BUILDERS.get(local.network.model, local_segment)(local)
+
+
+def flood_group(network: Network, buckets: Sequence[Bucket]) -> Group | None:
+    """The network's flood group (id = network key), or None when it has no bucket."""
+    if not buckets:
+        return None
+    return Group(group_id=network.key, buckets=tuple(buckets))
+
+
+def flood_flow(network: Network, group: Group) -> Flow:
+    """Broadcast and multicast of the network go to its flood group."""
+    return Flow.make(
+        int(Table.L2),
+        FLOOD_PRIORITY,
+        {
+            "metadata": network_metadata(network),
+            "eth_dst": (MULTICAST_BIT, MULTICAST_BIT),
+        },
+        (GroupAction(group.group_id),),
+        cookie=cookie(CookieKind.NETWORK, network.id),
+    )
+
+
+# ---- assembling ----------------------------------------------------------------------
+
+
+def gateway_member(network: Network, ports: Mapping[str, int]) -> Member | None:
+    port = ports.get(names.gateway_port(network.id))
+    if port is None:
+        return None
+    return Member(
+        owner=f"gateway of network {network.id}",
+        port=port,
+        mac=network.gateway_mac.lower(),
+        ip=network.gateway,
+        cookie=cookie(CookieKind.NETWORK, network.id),
+    )
+
+
+def endpoint_member(endpoint: Endpoint, ports: Mapping[str, int]) -> Member | None:
+    port = ports.get(endpoint.port_name)
+    if port is None:
+        return None
+    return Member(
+        owner=f"endpoint {endpoint.id}",
+        port=port,
+        mac=endpoint.mac.lower(),
+        ip=endpoint.address,
+        cookie=cookie(CookieKind.ENDPOINT, endpoint.id),
+    )
+
+
+def local_networks(
+    networks: Sequence[Network], endpoints: Sequence[Endpoint], ports: Mapping[str, int]
+) -> list[LocalNetwork]:
+    """Group the endpoints by network, keeping only ports the switch reports.
+
+    An endpoint of a network not in ``networks`` gets nothing: without its
+    network there is no key to classify it into.
+    """
+    members: dict[str, list[Member]] = {n.id: [] for n in networks}
+    for endpoint in endpoints:
+        member = endpoint_member(endpoint, ports)
+        if member is not None and endpoint.network_id in members:
+            members[endpoint.network_id].append(member)
+    return [
+        LocalNetwork(
+            network=n,
+            gateway=gateway_member(n, ports),
+            endpoints=tuple(sorted(members[n.id], key=lambda m: (m.port, m.owner))),
+        )
+        for n in sorted(networks, key=lambda n: n.key)
+    ]
+
+
+def _check_key(network: Network) -> None:
+    if not 0 <= network.key <= NETWORK_KEY_MAX:
+        raise ValueError(f"network {network.id}: key {network.key} out of 0..{NETWORK_KEY_MAX}")
+
+
+class _Collector:
+    """Flows and groups by OpenFlow identity; two different values for one identity conflict.
+
+    A switch holds one flow per (table, priority, match) and one group per id,
+    so two owners that need the same identity (two endpoints with one MAC in a
+    network, two networks with one key...) cannot both be served. That is
+    refused loudly rather than resolved by whichever came last.
+    """
+
+    def __init__(self) -> None:
+        self.flows: dict[FlowKey, tuple[Flow, str]] = {}
+        self.groups: dict[int, tuple[Group, str]] = {}
+
+    def add_flows(self, flows: Iterable[Flow], owner: str) -> None:
+        for flow in flows:
+            check_flow(flow)
+            held = self.flows.setdefault(flow.key, (flow, owner))
+            if held[0] != flow:
+                raise Conflict(
+                    f"{owner} conflicts with {held[1]}: both need the flow "
+                    f"table={flow.table} priority={flow.priority} match={dict(flow.match)}"
+                )
+
+    def add_group(self, group: Group, owner: str) -> None:
+        held = self.groups.setdefault(group.group_id, (group, owner))
+        if held[0] != group:
+            raise Conflict(f"{owner} conflicts with {held[1]}: both need group {group.group_id}")
+
+    def state(self) -> BridgeState:
+        return BridgeState(
+            flows=frozenset(f for f, _ in self.flows.values()),
+            groups=frozenset(g for g, _ in self.groups.values()),
+        )
+
+
+def compute_bridge(
+    networks: Sequence[Network], endpoints: Sequence[Endpoint], ports: Mapping[str, int]
+) -> BridgeState:
+    """The flows and groups one host's bridge must hold.
+
+    ``networks`` and ``endpoints`` are this host's; ``ports`` maps port names
+    to OpenFlow port numbers as the switch reports them. A gateway or an
+    endpoint whose port is not on the bridge yet gets no flow and no bucket;
+    its network still gets the rest. Raises ``Conflict`` when two owners need
+    the same flow identity or group id, ``ValueError`` for a key that does not
+    fit the metadata bits.
+    """
+    out = _Collector()
+    out.add_flows(table_miss_flows(), "the pipeline")
+    for local in local_networks(networks, endpoints, ports):
+        network = local.network
+        _check_key(network)
+        owner = f"network {network.id}"
+        segment = network_segment(local)
+        for owned in segment.flows:
+            out.add_flows(owned.flows, owned.owner)
+        group = flood_group(network, segment.flood_buckets)
+        if group is not None:
+            out.add_group(group, owner)
+            out.add_flows([flood_flow(network, group)], owner)
+    return out.state()
