@@ -1,0 +1,559 @@
+"""The controller's use cases: load state, decide, store, converge the bridge.
+
+Every change runs as one store transaction (load -> pure decision in
+``qingluan.controller.ipam`` -> write), so two REST calls at once cannot hand
+out one address or one network key twice. The bridge is converged after the
+transaction, never inside it: a converge waits for a switch, and the
+reconciler reads this same store (``host_state``) while it works.
+
+Store layout (one JSON document per key)::
+
+    hosts/<name>                      Host
+    pools/<pool id>                   Pool (with its gateway)
+    allocations/<pool id>/<address>   Allocation
+    networks/<network id>             Network
+    endpoints/<endpoint id>           Endpoint
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from qingluan import names
+from qingluan.api_schema import (
+    AddressReply,
+    AddressRequest,
+    EndpointCreate,
+    EndpointStatus,
+    EndpointUpdate,
+    FlowDump,
+    HostRegistration,
+    HostStatus,
+    NetworkCreate,
+    NetworkUpdate,
+    PoolReply,
+    PoolRequest,
+    ReconcileResult,
+    Status,
+)
+from qingluan.controller import ipam
+from qingluan.controller.config import (
+    DEFAULT_CARVE_PREFIX,
+    DEFAULT_POOL_RANGES,
+    ControllerConfig,
+)
+from qingluan.controller.interfaces import Converger
+from qingluan.controller.store import KeyValue, Store
+from qingluan.errors import Conflict, NotFound, QingluanError, Unavailable
+from qingluan.model import Allocation, Endpoint, Host, Network, NetworkModel, Pool
+
+log = logging.getLogger(__name__)
+
+HOSTS = "hosts/"
+POOLS = "pools/"
+ALLOCATIONS = "allocations/"
+NETWORKS = "networks/"
+ENDPOINTS = "endpoints/"
+
+DEFAULT_MTU = 1500
+# A VXLAN header costs 50 bytes of a 1500-byte underlay; the driver, which
+# knows the underlay, may send a better value.
+DEFAULT_MTU_BY_MODEL = {NetworkModel.VXLAN: 1450}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def host_key(name: str) -> str:
+    return HOSTS + name
+
+
+def pool_key(pool_id: str) -> str:
+    return POOLS + pool_id
+
+
+def allocations_prefix(pool_id: str) -> str:
+    return f"{ALLOCATIONS}{pool_id}/"
+
+
+def allocation_key(pool_id: str, address: str) -> str:
+    return allocations_prefix(pool_id) + address
+
+
+def network_key(network_id: str) -> str:
+    return NETWORKS + network_id
+
+
+def endpoint_key(endpoint_id: str) -> str:
+    return ENDPOINTS + endpoint_id
+
+
+def _load(kv: KeyValue, key: str, cls: type[M]) -> M | None:
+    doc = kv.get(key)
+    return None if doc is None else cls.model_validate(doc)
+
+
+def _all(kv: KeyValue, prefix: str, cls: type[M]) -> list[M]:
+    return [cls.model_validate(doc) for _, doc in kv.scan(prefix)]
+
+
+def _host_not_found(name: str) -> NotFound:
+    return NotFound(f"host {name} is not registered (the driver registers it at start)")
+
+
+def _short(docker_id: str) -> str:
+    return docker_id[:12]
+
+
+class StoreState:
+    """``interfaces.StateSource`` read from the store: what the reconciler needs.
+
+    Needs no converger, so the reconciler can be built before ``Services``.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def host_by_dpid(self, dpid: int) -> Host | None:
+        for host in _all(self._store, HOSTS, Host):
+            if host.dpid == dpid:
+                return host
+        return None
+
+    def host_state(self, host: str) -> tuple[Host, list[Network], list[Endpoint]]:
+        with self._store.transaction() as tx:
+            found = _load(tx, host_key(host), Host)
+            if found is None:
+                raise _host_not_found(host)
+            networks = [n for n in _all(tx, NETWORKS, Network) if n.host == host]
+            endpoints = [e for e in _all(tx, ENDPOINTS, Endpoint) if e.host == host]
+        return found, networks, endpoints
+
+
+class Services(StoreState):
+    """Hosts, IPAM, networks and endpoints over a ``Store``, converged by a ``Converger``."""
+
+    def __init__(
+        self,
+        store: Store,
+        converger: Converger,
+        *,
+        pool_ranges: Mapping[str, str | None] | None = None,
+        carve_prefix: int = DEFAULT_CARVE_PREFIX,
+        converge_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(store)
+        self._converger = converger
+        self._ranges = dict(DEFAULT_POOL_RANGES if pool_ranges is None else pool_ranges)
+        self._carve_prefix = carve_prefix
+        self._timeout = converge_timeout
+
+    @classmethod
+    def from_config(cls, store: Store, converger: Converger, config: ControllerConfig) -> Services:
+        return cls(
+            store,
+            converger,
+            pool_ranges=config.pool_ranges,
+            carve_prefix=config.carve_prefix,
+            converge_timeout=config.converge_timeout,
+        )
+
+    # ---- converging ----------------------------------------------------------
+
+    def _converge_soon(self, host: str) -> None:
+        """Converge after a change that is already stored and need not be confirmed now.
+
+        A bridge that is not connected gets the change when it connects (the
+        reconciler converges on every connect), so ``Unavailable`` is only
+        logged; a connected bridge that does not answer is an error.
+        """
+        try:
+            self._converger.converge(host, timeout=self._timeout)
+        except Unavailable as exc:
+            log.info("host %s: not converged now (%s); it will be on connect", host, exc)
+
+    def _converge_after_rollback(self, host: str, cause: BaseException) -> None:
+        """After undoing a change whose converge failed: take its flows off again."""
+        if isinstance(cause, Unavailable):
+            return  # nothing reached the bridge
+        try:
+            self._converger.converge(host, timeout=self._timeout)
+        except QingluanError as exc:
+            log.warning("host %s: converge after rollback failed: %s", host, exc)
+
+    # ---- hosts ---------------------------------------------------------------
+
+    def _host_status(self, host: Host) -> HostStatus:
+        connected = self._converger.is_connected(host.name)
+        ports = self._converger.ports(host.name) if connected else {}
+        return HostStatus(host=host, connected=connected, ports=ports)
+
+    def _host(self, name: str) -> Host:
+        host = _load(self._store, host_key(name), Host)
+        if host is None:
+            raise _host_not_found(name)
+        return host
+
+    def register_host(self, name: str, registration: HostRegistration) -> HostStatus:
+        """Register or update a host, then converge its bridge (if it is connected)."""
+        host = Host(
+            name=name,
+            dpid=registration.dpid,
+            bridge=registration.bridge,
+            datapath_type=registration.datapath_type,
+            address=registration.address,
+        )
+        with self._store.transaction() as tx:
+            for other in _all(tx, HOSTS, Host):
+                if other.name != name and other.dpid == host.dpid:
+                    raise Conflict(
+                        f"datapath id {host.dpid:#x} is already the bridge of host {other.name}"
+                    )
+            if _load(tx, host_key(name), Host) != host:
+                tx.put(host_key(name), host)
+        self._converge_soon(name)
+        return self._host_status(host)
+
+    def list_hosts(self) -> list[HostStatus]:
+        return [self._host_status(h) for h in _all(self._store, HOSTS, Host)]
+
+    def get_host(self, name: str) -> HostStatus:
+        return self._host_status(self._host(name))
+
+    def delete_host(self, name: str) -> None:
+        """Forget a host; refused while networks remain on it. Unknown hosts are fine."""
+        with self._store.transaction() as tx:
+            if _load(tx, host_key(name), Host) is None:
+                return
+            remaining = [n for n in _all(tx, NETWORKS, Network) if n.host == name]
+            if remaining:
+                labels = ", ".join(ipam.network_label(n) for n in remaining)
+                raise Conflict(f"host {name} still has networks: {labels}")
+            tx.delete(host_key(name))
+
+    def host_flows(self, name: str) -> FlowDump:
+        self._host(name)
+        return self._converger.dump(name)
+
+    def reconcile_host(self, name: str) -> ReconcileResult:
+        self._host(name)
+        return self._converger.converge(name, timeout=self._timeout)
+
+    # ---- IPAM ----------------------------------------------------------------
+
+    def request_pool(self, request: PoolRequest) -> tuple[PoolReply, bool]:
+        """RequestPool; the bool says whether a new pool was made (False: the same one)."""
+        with self._store.transaction() as tx:
+            decision = ipam.request_pool(
+                request,
+                _all(tx, POOLS, Pool),
+                self._ranges,
+                networks=_all(tx, NETWORKS, Network),
+                carve_prefix=self._carve_prefix,
+            )
+            if decision.created:
+                tx.put(pool_key(decision.pool.id), decision.pool)
+        reply = PoolReply(pool_id=decision.pool.id, subnet=decision.pool.subnet)
+        return reply, decision.created
+
+    def list_pools(self) -> list[Pool]:
+        return _all(self._store, POOLS, Pool)
+
+    def release_pool(self, pool_id: str) -> None:
+        """ReleasePool: the pool and its allocations go, unless a network is bound to it."""
+        with self._store.transaction() as tx:
+            pool = _load(tx, pool_key(pool_id), Pool)
+            if pool is None:
+                return
+            bound = any(n.pool_id == pool_id for n in _all(tx, NETWORKS, Network))
+            if not ipam.release_pool(pool, bound=bound):
+                log.info("pool %s is bound to a network: kept", pool_id)
+                return
+            for key, _ in tx.scan(allocations_prefix(pool_id)):
+                tx.delete(key)
+            tx.delete(pool_key(pool_id))
+
+    def _pool(self, kv: KeyValue, pool_id: str) -> Pool:
+        pool = _load(kv, pool_key(pool_id), Pool)
+        if pool is None:
+            raise NotFound(f"address pool {pool_id} not found")
+        return pool
+
+    def request_address(self, pool_id: str, request: AddressRequest) -> tuple[AddressReply, bool]:
+        """RequestAddress; the bool is False for the same allocation again (replay)."""
+        with self._store.transaction() as tx:
+            pool = self._pool(tx, pool_id)
+            allocations = _all(tx, allocations_prefix(pool_id), Allocation)
+            decision = ipam.request_address(pool, allocations, request)
+            if decision.pool_changed:
+                tx.put(pool_key(pool_id), decision.pool)
+            if decision.allocation is not None:
+                a = decision.allocation
+                tx.put(allocation_key(pool_id, a.address), a)
+        return AddressReply(address=decision.address), decision.created
+
+    def release_address(self, pool_id: str, address: str) -> None:
+        """ReleaseAddress; unknown pools and addresses are fine."""
+        ipam.parse_address(address)
+        with self._store.transaction() as tx:
+            pool = _load(tx, pool_key(pool_id), Pool)
+            if pool is None:
+                return
+            bound = any(n.pool_id == pool_id for n in _all(tx, NETWORKS, Network))
+            allocations = _all(tx, allocations_prefix(pool_id), Allocation)
+            decision = ipam.release_address(pool, allocations, address, bound=bound)
+            if decision.pool is not None:
+                tx.put(pool_key(pool_id), decision.pool)
+            if decision.remove is not None:
+                tx.delete(allocation_key(pool_id, decision.remove.address))
+
+    # ---- networks ------------------------------------------------------------
+
+    def _network(self, kv: KeyValue, network_id: str) -> Network:
+        network = _load(kv, network_key(network_id), Network)
+        if network is None:
+            raise NotFound(f"network {network_id} not found")
+        return network
+
+    def create_network(self, network_id: str, body: NetworkCreate) -> tuple[Network, bool]:
+        """CreateNetwork: bind the pool, allocate a key, converge the host's bridge.
+
+        The bool is False for an identical repeat. A failed converge undoes the
+        network (Docker does not call DeleteNetwork after a failed create).
+        """
+        mtu = body.mtu or DEFAULT_MTU_BY_MODEL.get(body.model, DEFAULT_MTU)
+        with self._store.transaction() as tx:
+            if _load(tx, host_key(body.host), Host) is None:
+                raise _host_not_found(body.host)
+            pool = self._pool(tx, body.pool_id)
+            networks = _all(tx, NETWORKS, Network)
+            existing = next((n for n in networks if n.id == network_id), None)
+            if existing is not None:
+                if not _same_network(existing, body, mtu):
+                    raise Conflict(
+                        f"network {ipam.network_label(existing)} already exists with other "
+                        f"settings (host {existing.host}, model {existing.model.value}, "
+                        f"pool {existing.pool_id})"
+                    )
+                network, created = existing, False
+            else:
+                key = ipam.next_network_key(n.key for n in networks)
+                network = Network(
+                    id=network_id,
+                    key=key,
+                    host=body.host,
+                    model=body.model,
+                    pool_id=pool.id,
+                    subnet=pool.subnet,
+                    gateway=ipam.pool_gateway(pool),
+                    gateway_mac=names.gateway_mac(key),
+                    mtu=mtu,
+                    internal=body.internal,
+                    vni=body.vni,
+                    options=dict(body.options),
+                )
+                ipam.check_network(network, pool, networks)
+                tx.put(network_key(network_id), network)
+                tx.put(pool_key(pool.id), ipam.bind_pool(pool, network_id))
+                created = True
+        try:
+            self._converger.converge(network.host, timeout=self._timeout)
+        except Exception as exc:
+            if created:
+                self._undo_network(network)
+                self._converge_after_rollback(network.host, exc)
+            raise
+        return network, created
+
+    def _undo_network(self, network: Network) -> None:
+        with self._store.transaction() as tx:
+            if _load(tx, network_key(network.id), Network) != network:
+                return  # changed meanwhile: not ours to undo
+            if any(e.network_id == network.id for e in _all(tx, ENDPOINTS, Endpoint)):
+                return
+            tx.delete(network_key(network.id))
+            self._unbind(tx, network)
+
+    def _unbind(self, tx: KeyValue, network: Network) -> None:
+        pool = _load(tx, pool_key(network.pool_id), Pool)
+        if pool is not None:
+            remaining = _all(tx, NETWORKS, Network)
+            unbound = ipam.unbind_pool(pool, network.id, remaining)
+            if unbound != pool:
+                tx.put(pool_key(pool.id), unbound)
+
+    def list_networks(self, host: str | None = None) -> list[Network]:
+        networks = _all(self._store, NETWORKS, Network)
+        return [n for n in networks if host is None or n.host == host]
+
+    def get_network(self, network_id: str) -> Network:
+        return self._network(self._store, network_id)
+
+    def update_network(self, network_id: str, body: NetworkUpdate) -> Network:
+        """Record what Docker knows and the driver learns later (the network's name)."""
+        with self._store.transaction() as tx:
+            network = self._network(tx, network_id)
+            if body.name is not None and body.name != network.name:
+                network = network.model_copy(update={"name": body.name})
+                tx.put(network_key(network_id), network)
+        return network
+
+    def delete_network(self, network_id: str) -> None:
+        """DeleteNetwork: refused while endpoints remain; unbinds the pool; converges."""
+        with self._store.transaction() as tx:
+            network = _load(tx, network_key(network_id), Network)
+            if network is None:
+                return
+            left = [e for e in _all(tx, ENDPOINTS, Endpoint) if e.network_id == network_id]
+            if left:
+                ids = ", ".join(_short(e.id) for e in left)
+                raise Conflict(f"network {ipam.network_label(network)} still has endpoints: {ids}")
+            tx.delete(network_key(network_id))
+            self._unbind(tx, network)
+        self._converge_soon(network.host)
+
+    # ---- endpoints -----------------------------------------------------------
+
+    def _endpoint(self, kv: KeyValue, endpoint_id: str) -> Endpoint:
+        endpoint = _load(kv, endpoint_key(endpoint_id), Endpoint)
+        if endpoint is None:
+            raise NotFound(f"endpoint {endpoint_id} not found")
+        return endpoint
+
+    def create_endpoint(
+        self, endpoint_id: str, body: EndpointCreate
+    ) -> tuple[EndpointStatus, bool]:
+        """CreateEndpoint: store it, then return once its flows are confirmed.
+
+        The address must be free or already allocated to this MAC in the
+        network's pool (Docker's RequestAddress comes first; an address not
+        allocated yet is allocated here). If the converge fails, the endpoint
+        (and an allocation made here) is removed again and the error raised,
+        so the driver can roll back its veth and Docker its address.
+        """
+        endpoint = Endpoint(
+            id=endpoint_id,
+            network_id=body.network_id,
+            host=body.host,
+            mac=body.mac,
+            address=body.address,
+            port_name=body.port_name,
+            port_mappings=body.port_mappings,
+        )
+        added: Allocation | None = None
+        with self._store.transaction() as tx:
+            network = self._network(tx, body.network_id)
+            existing = _load(tx, endpoint_key(endpoint_id), Endpoint)
+            if existing is not None:
+                if not _same_endpoint(existing, endpoint):
+                    raise Conflict(
+                        f"endpoint {_short(endpoint_id)} already exists with other settings "
+                        f"(network {_short(existing.network_id)}, address {existing.address}, "
+                        f"MAC {existing.mac}, port {existing.port_name})"
+                    )
+                endpoint, created = existing, False
+            else:
+                ipam.check_endpoint(endpoint, network, _all(tx, ENDPOINTS, Endpoint))
+                pool = self._pool(tx, network.pool_id)
+                decision = ipam.request_address(
+                    pool,
+                    _all(tx, allocations_prefix(pool.id), Allocation),
+                    AddressRequest(address=endpoint.address, mac=endpoint.mac),
+                )
+                if decision.allocation is not None:
+                    added = decision.allocation
+                    tx.put(allocation_key(pool.id, added.address), added)
+                tx.put(endpoint_key(endpoint_id), endpoint)
+                created = True
+        try:
+            self._converger.converge(
+                endpoint.host, timeout=self._timeout, require_ports=(endpoint.port_name,)
+            )
+        except Exception as exc:
+            if created:
+                self._undo_endpoint(endpoint, network.pool_id, added)
+                self._converge_after_rollback(endpoint.host, exc)
+            raise
+        return EndpointStatus(endpoint=endpoint, flows_confirmed=True), created
+
+    def _undo_endpoint(self, endpoint: Endpoint, pool_id: str, added: Allocation | None) -> None:
+        with self._store.transaction() as tx:
+            if _load(tx, endpoint_key(endpoint.id), Endpoint) == endpoint:
+                tx.delete(endpoint_key(endpoint.id))
+            if added is not None:
+                key = allocation_key(pool_id, added.address)
+                if _load(tx, key, Allocation) == added:
+                    tx.delete(key)
+
+    def list_endpoints(
+        self, host: str | None = None, network_id: str | None = None
+    ) -> list[Endpoint]:
+        return [
+            e
+            for e in _all(self._store, ENDPOINTS, Endpoint)
+            if (host is None or e.host == host)
+            and (network_id is None or e.network_id == network_id)
+        ]
+
+    def get_endpoint(self, endpoint_id: str) -> Endpoint:
+        return self._endpoint(self._store, endpoint_id)
+
+    def update_endpoint(self, endpoint_id: str, body: EndpointUpdate) -> Endpoint:
+        """Record the container name and published ports (the driver applies NAT)."""
+        changes: dict[str, object] = {}
+        if body.container_name is not None:
+            changes["container_name"] = body.container_name
+        if body.port_mappings is not None:
+            changes["port_mappings"] = body.port_mappings
+        with self._store.transaction() as tx:
+            endpoint = self._endpoint(tx, endpoint_id)
+            updated = endpoint.model_copy(update=changes)
+            if updated != endpoint:
+                tx.put(endpoint_key(endpoint_id), updated)
+        return updated
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        """DeleteEndpoint: forget it and take its flows off. Its address stays
+        allocated until Docker's ReleaseAddress, which follows."""
+        with self._store.transaction() as tx:
+            endpoint = _load(tx, endpoint_key(endpoint_id), Endpoint)
+            if endpoint is None:
+                return
+            tx.delete(endpoint_key(endpoint_id))
+        self._converge_soon(endpoint.host)
+
+    # ---- status --------------------------------------------------------------
+
+    def status(self) -> Status:
+        with self._store.transaction() as tx:
+            hosts = _all(tx, HOSTS, Host)
+            networks = _all(tx, NETWORKS, Network)
+            endpoints = _all(tx, ENDPOINTS, Endpoint)
+            pools = _all(tx, POOLS, Pool)
+        return Status(
+            hosts=[self._host_status(h) for h in hosts],
+            networks=networks,
+            endpoints=endpoints,
+            pools=pools,
+        )
+
+
+def _same_network(existing: Network, body: NetworkCreate, mtu: int) -> bool:
+    return (
+        existing.host == body.host
+        and existing.model is body.model
+        and existing.pool_id == body.pool_id
+        and existing.mtu == mtu
+        and existing.internal == body.internal
+        and existing.vni == body.vni
+        and existing.options == body.options
+    )
+
+
+def _same_endpoint(existing: Endpoint, new: Endpoint) -> bool:
+    """Identical for a repeat: what PATCH may change (name, published ports) aside."""
+    mutable = {"container_name": None, "port_mappings": ()}
+    return existing.model_copy(update=mutable) == new.model_copy(update=mutable)
