@@ -57,6 +57,9 @@ class ControllerConfig(BaseModel):
     converge_timeout: float = Field(
         default=5.0, gt=0, le=300, description="seconds a REST call waits for a bridge"
     )
+    resync_interval: float = Field(
+        default=30.0, ge=0, le=3600, description="seconds between full resyncs (0: never)"
+    )
 
     @field_validator("api_host", "openflow_host")
     @classmethod

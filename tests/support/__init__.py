@@ -1,0 +1,1 @@
+"""Reusable test rigs: isolated Open vSwitch instances, network namespaces, a controller runner."""
