@@ -1,0 +1,462 @@
+"""What the driver answers to each Docker call, independent of HTTP and of the host.
+
+``NetworkDriver`` and ``IpamDriver`` take an injected
+:class:`~qingluan.driver.interfaces.ControllerClient` (the source of truth:
+IPAM, networks, endpoints) and :class:`~qingluan.driver.interfaces.HostOps`
+(veths, the bridge, iptables). Rules every handler keeps:
+
+- idempotent: a repeated call succeeds and changes nothing;
+- a failure half-way undoes what this call did, then raises the error whose
+  message the user reads;
+- Leave/DeleteEndpoint/DeleteNetwork/Revoke… of an unknown id succeed;
+- no Docker API call (it deadlocks dockerd).
+
+Join semantics (who gets a default route; see ``join_gateway``):
+
+==========  ===========================  =====================================
+model       Gateway in the Join reply    DisableGatewayService
+==========  ===========================  =====================================
+nat         the network's gateway        false (it is the gateway)
+flat, vlan  the network's gateway        false (the LAN's own router)
+nonat       none: on-link only           true: no docker_gwbridge either
+vxlan       none                         false: Docker adds docker_gwbridge for
+                                         egress, as with its overlay driver
+internal    none                         true
+==========  ===========================  =====================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from pydantic import ValidationError
+
+from qingluan import names
+from qingluan.api_schema import MTU_MIN, EndpointCreate, EndpointUpdate, NetworkCreate
+from qingluan.driver.guard import HostGuard, KeyedLocks
+from qingluan.driver.interfaces import ControllerClient, HostOps
+from qingluan.driver.protocol import (
+    AddressSpacesReply,
+    AllocateNetworkReply,
+    AllocateNetworkRequest,
+    CreateEndpointReply,
+    CreateEndpointRequest,
+    CreateNetworkRequest,
+    DiscoveryRequest,
+    EmptyReply,
+    EndpointOperInfoReply,
+    EndpointRequest,
+    ExternalConnectivityRequest,
+    InterfaceName,
+    InterfaceReply,
+    IpamCapabilities,
+    JoinReply,
+    JoinRequest,
+    NetworkCapabilities,
+    NetworkRequest,
+    ReleaseAddressRequest,
+    ReleasePoolRequest,
+    RequestAddressReply,
+    RequestAddressRequest,
+    RequestPoolReply,
+    RequestPoolRequest,
+    endpoint_address,
+    parse_address_request,
+    parse_network_options,
+    parse_pool_request,
+    parse_port_mappings,
+    portmap_value,
+    single_ipv4_data,
+    strip_prefix,
+    validation_message,
+)
+from qingluan.errors import (
+    Conflict,
+    Exhausted,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+)
+from qingluan.model import Endpoint, Network, NetworkModel, PortMapping
+
+log = logging.getLogger(__name__)
+
+GATEWAY_DEV_MODELS = frozenset({NetworkModel.NAT, NetworkModel.NONAT})
+VXLAN_OVERHEAD = 50
+
+# Errors after which the controller surely did not store anything.
+_REFUSED = (InvalidRequest, Conflict, Exhausted, NotFound, Unauthorized)
+
+
+def short(docker_id: str) -> str:
+    return docker_id[:12]
+
+
+def has_gateway_dev(network: Network) -> bool:
+    return network.model in GATEWAY_DEV_MODELS
+
+
+def join_gateway(network: Network) -> tuple[str | None, bool]:
+    """(Gateway for the container's default route, DisableGatewayService)."""
+    if network.internal:
+        return None, True
+    if network.model in (NetworkModel.NAT, NetworkModel.FLAT, NetworkModel.VLAN):
+        return network.gateway, False
+    if network.model is NetworkModel.NONAT:
+        return None, True
+    return None, False  # vxlan: docker_gwbridge gives egress
+
+
+def publishes_nat(network: Network) -> bool:
+    return network.model is NetworkModel.NAT and not network.internal
+
+
+def _overlap(a: PortMapping, b: PortMapping) -> bool:
+    if a.proto != b.proto:
+        return False
+    if a.host_ip and b.host_ip and a.host_ip != b.host_ip:
+        return False
+    return a.host_port <= b.host_port_end and b.host_port <= a.host_port_end
+
+
+def port_conflict(
+    endpoint_id: str, mappings: Sequence[PortMapping], endpoints: Sequence[Endpoint]
+) -> str | None:
+    """Why these publications clash with another endpoint's on this host, if they do."""
+    for other in endpoints:
+        if other.id == endpoint_id:
+            continue
+        for mine in mappings:
+            for theirs in other.port_mappings:
+                if _overlap(mine, theirs):
+                    where = f"{mine.host_ip}:" if mine.host_ip else ""
+                    who = other.container_name or f"endpoint {short(other.id)}"
+                    return (
+                        f"host port {where}{mine.host_port}/{mine.proto.value} is already "
+                        f"published by {who}"
+                    )
+    return None
+
+
+def _controller_may_have_stored(exc: BaseException) -> bool:
+    return not isinstance(exc, _REFUSED)
+
+
+class NetworkDriver:
+    """The ``qingluan`` NetworkDriver."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        controller: ControllerClient,
+        host_ops: HostOps,
+        guard: HostGuard | None = None,
+    ) -> None:
+        self.host = host
+        self._controller = controller
+        self._host_ops = host_ops
+        self._guard = guard or HostGuard(ready=True)
+        self._locks = KeyedLocks()
+        self._nat_lock = threading.Lock()
+
+    @contextmanager
+    def _hold(self, key: str) -> Iterator[None]:
+        with self._guard.shared(), self._locks.hold(key):
+            yield
+
+    # ---- capabilities, discovery, swarm ----
+
+    def get_capabilities(self) -> NetworkCapabilities:
+        return NetworkCapabilities(scope="local", connectivity_scope="global")
+
+    def discover_new(self, req: DiscoveryRequest) -> EmptyReply:
+        return EmptyReply()
+
+    def discover_delete(self, req: DiscoveryRequest) -> EmptyReply:
+        return EmptyReply()
+
+    def allocate_network(self, req: AllocateNetworkRequest) -> AllocateNetworkReply:
+        return AllocateNetworkReply()
+
+    def free_network(self, req: NetworkRequest) -> EmptyReply:
+        return EmptyReply()
+
+    # ---- networks ----
+
+    def create_network(self, req: CreateNetworkRequest) -> EmptyReply:
+        opts = parse_network_options(req.options)
+        ipv4 = single_ipv4_data(req)
+        with self._hold(req.network_id):
+            pool_id = self._pool_for(ipv4.pool, req.network_id)
+            mtu = opts.mtu
+            if mtu is None and opts.model is NetworkModel.VXLAN:
+                underlay = self._host_ops.underlay_mtu()
+                if underlay is not None:
+                    mtu = max(MTU_MIN, underlay - VXLAN_OVERHEAD)
+            try:
+                body = NetworkCreate(
+                    host=self.host,
+                    model=opts.model,
+                    pool_id=pool_id,
+                    mtu=mtu,
+                    internal=opts.internal,
+                    vni=opts.vni,
+                    options=opts.extra,
+                )
+            except ValidationError as exc:
+                raise InvalidRequest(validation_message(exc)) from None
+            try:
+                network, created = self._controller.create_network(req.network_id, body)
+            except Exception as exc:
+                if _controller_may_have_stored(exc):
+                    self._undo("delete network", self._controller.delete_network, req.network_id)
+                raise
+            try:
+                if has_gateway_dev(network):
+                    self._host_ops.ensure_gateway(network)
+                self._sync_nat()
+            except Exception:
+                log.warning("CreateNetwork %s failed on the host: undoing", short(network.id))
+                self._undo("remove gateway", self._host_ops.remove_gateway, network.id)
+                if created:
+                    self._undo("delete network", self._controller.delete_network, network.id)
+                self._undo("resync NAT", self._sync_nat)
+                raise
+        log.info(
+            "network %s: %s %s gateway %s",
+            short(network.id),
+            network.model.value,
+            network.subnet,
+            network.gateway,
+        )
+        return EmptyReply()
+
+    def _pool_for(self, subnet: str, network_id: str) -> str:
+        """The PoolID of ``subnet`` (CreateNetwork does not carry it; subnets are unique)."""
+        want = ipaddress.IPv4Network(subnet)
+        matches = [p for p in self._controller.list_pools() if _same_subnet(p.subnet, want)]
+        if not matches:
+            raise InvalidRequest(
+                f"subnet {subnet} was not allocated by qingluanIpam: create qingluan "
+                "networks with --ipam-driver qingluanIpam"
+            )
+        matches.sort(key=lambda p: (p.network_id != network_id, p.network_id is not None, p.id))
+        return matches[0].id
+
+    def delete_network(self, req: NetworkRequest) -> EmptyReply:
+        with self._hold(req.network_id):
+            self._controller.delete_network(req.network_id)
+            self._host_ops.remove_gateway(req.network_id)
+            self._sync_nat()
+        return EmptyReply()
+
+    # ---- endpoints ----
+
+    def _network(self, network_id: str) -> Network:
+        network = self._controller.get_network(network_id)
+        if network is None:
+            raise NotFound(
+                f"network {short(network_id)} is not known to the qingluan controller "
+                "(was it created while another controller state was in use? "
+                "remove it with docker network rm)"
+            )
+        if network.host != self.host:
+            raise Conflict(
+                f"network {short(network_id)} belongs to host {network.host}, not {self.host}"
+            )
+        return network
+
+    def create_endpoint(self, req: CreateEndpointRequest) -> CreateEndpointReply:
+        address = endpoint_address(req.interface)
+        given_mac = req.interface.mac_address.strip().lower()
+        mac = given_mac or names.endpoint_mac(req.endpoint_id)
+        with self._hold(req.endpoint_id):
+            network = self._network(req.network_id)
+            port = self._host_ops.ensure_endpoint(req.endpoint_id, network, mac)
+            try:
+                body = EndpointCreate(
+                    network_id=network.id,
+                    host=self.host,
+                    mac=mac,
+                    address=address,
+                    port_name=port,
+                )
+            except ValidationError as exc:
+                self._undo("remove endpoint veth", self._host_ops.remove_endpoint, req.endpoint_id)
+                raise InvalidRequest(validation_message(exc)) from None
+            try:
+                self._controller.create_endpoint(req.endpoint_id, body)
+            except Exception as exc:
+                log.warning("CreateEndpoint %s failed: undoing", short(req.endpoint_id))
+                if _controller_may_have_stored(exc):
+                    self._undo("delete endpoint", self._controller.delete_endpoint, req.endpoint_id)
+                self._undo("remove endpoint veth", self._host_ops.remove_endpoint, req.endpoint_id)
+                raise
+        log.info("endpoint %s: %s %s on %s", short(req.endpoint_id), address, mac, port)
+        if given_mac:
+            return CreateEndpointReply()
+        return CreateEndpointReply(interface=InterfaceReply(mac_address=mac))
+
+    def endpoint_oper_info(self, req: EndpointRequest) -> EndpointOperInfoReply:
+        ep = self._controller.get_endpoint(req.endpoint_id)
+        if ep is None:
+            return EndpointOperInfoReply()
+        value: dict[str, object] = {
+            "qingluan.host": ep.host,
+            "qingluan.port": ep.port_name,
+            "qingluan.container_interface": names.endpoint_peer(ep.id),
+            "qingluan.mac": ep.mac,
+            "qingluan.address": ep.address,
+        }
+        if ep.port_mappings:
+            value["com.docker.network.portmap"] = portmap_value(ep.port_mappings)
+        return EndpointOperInfoReply(value=value)
+
+    def delete_endpoint(self, req: EndpointRequest) -> EmptyReply:
+        with self._hold(req.endpoint_id):
+            ep = self._controller.get_endpoint(req.endpoint_id)
+            self._controller.delete_endpoint(req.endpoint_id)
+            self._host_ops.remove_endpoint(req.endpoint_id)
+            if ep is not None and ep.port_mappings:
+                self._sync_nat()
+        return EmptyReply()
+
+    def join(self, req: JoinRequest) -> JoinReply:
+        with self._hold(req.endpoint_id):
+            network = self._network(req.network_id)
+            ep = self._controller.get_endpoint(req.endpoint_id)
+            if ep is None:
+                raise NotFound(
+                    f"endpoint {short(req.endpoint_id)} is not known to the qingluan controller"
+                )
+            # Re-creates the pair if it vanished (e.g. a sweep while nobody knew it).
+            self._host_ops.ensure_endpoint(ep.id, network, ep.mac)
+        gateway, disable = join_gateway(network)
+        return JoinReply(
+            interface_name=InterfaceName(
+                src_name=names.endpoint_peer(req.endpoint_id), dst_prefix="eth"
+            ),
+            gateway=gateway,
+            disable_gateway_service=disable,
+        )
+
+    def leave(self, req: EndpointRequest) -> EmptyReply:
+        # Docker moves the container end back (or it dies with the sandbox);
+        # the pair itself goes with DeleteEndpoint.
+        return EmptyReply()
+
+    # ---- port publishing (nat) ----
+
+    def program_external_connectivity(self, req: ExternalConnectivityRequest) -> EmptyReply:
+        mappings = parse_port_mappings(req.options)
+        network = self._network(req.network_id)
+        if not publishes_nat(network):
+            if mappings:
+                log.info(
+                    "endpoint %s: -p ignored on %s network %s (no NAT)",
+                    short(req.endpoint_id),
+                    network.model.value,
+                    short(network.id),
+                )
+            return EmptyReply()
+        with self._hold(req.endpoint_id), self._nat_lock:
+            endpoints = self._controller.list_endpoints(self.host)
+            current = next((e for e in endpoints if e.id == req.endpoint_id), None)
+            if current is None:
+                raise NotFound(f"endpoint {short(req.endpoint_id)} is not known")
+            clash = port_conflict(req.endpoint_id, mappings, endpoints)
+            if clash:
+                raise Conflict(clash)
+            if current.port_mappings != mappings:
+                self._controller.update_endpoint(
+                    req.endpoint_id, EndpointUpdate(port_mappings=mappings)
+                )
+            try:
+                self._sync_nat_locked()
+            except Exception:
+                self._undo(
+                    "restore port mappings",
+                    self._controller.update_endpoint,
+                    req.endpoint_id,
+                    EndpointUpdate(port_mappings=current.port_mappings),
+                )
+                self._undo("resync NAT", self._sync_nat_locked)
+                raise
+        return EmptyReply()
+
+    def revoke_external_connectivity(self, req: EndpointRequest) -> EmptyReply:
+        with self._hold(req.endpoint_id):
+            ep = self._controller.get_endpoint(req.endpoint_id)
+            if ep is None or not ep.port_mappings:
+                return EmptyReply()
+            self._controller.update_endpoint(req.endpoint_id, EndpointUpdate(port_mappings=()))
+            self._sync_nat()
+        return EmptyReply()
+
+    # ---- helpers ----
+
+    def _sync_nat(self) -> None:
+        with self._nat_lock:
+            self._sync_nat_locked()
+
+    def _sync_nat_locked(self) -> None:
+        networks = self._controller.list_networks(self.host)
+        endpoints = self._controller.list_endpoints(self.host)
+        self._host_ops.sync_nat(networks, endpoints)
+
+    @staticmethod
+    def _undo(what: str, fn: Callable[..., object], *args: object) -> None:
+        """Best-effort rollback step: log and swallow its failure (the original error wins)."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            log.error("rollback step %r failed: %s", what, exc)
+
+
+def _same_subnet(cidr: str, want: ipaddress.IPv4Network) -> bool:
+    with contextlib.suppress(ValueError):
+        return ipaddress.IPv4Network(cidr) == want
+    return False
+
+
+class IpamDriver:
+    """The ``qingluanIpam`` IpamDriver: every answer comes from the controller."""
+
+    LOCAL_ADDRESS_SPACE = "qingluan-local"
+    GLOBAL_ADDRESS_SPACE = "qingluan-global"
+
+    def __init__(self, *, controller: ControllerClient) -> None:
+        self._controller = controller
+
+    def get_capabilities(self) -> IpamCapabilities:
+        return IpamCapabilities(requires_mac_address=True, requires_request_replay=True)
+
+    def get_default_address_spaces(self) -> AddressSpacesReply:
+        return AddressSpacesReply(
+            local_default=self.LOCAL_ADDRESS_SPACE,
+            global_default=self.GLOBAL_ADDRESS_SPACE,
+        )
+
+    def request_pool(self, req: RequestPoolRequest) -> RequestPoolReply:
+        reply = self._controller.request_pool(parse_pool_request(req))
+        return RequestPoolReply(pool_id=reply.pool_id, pool=reply.subnet)
+
+    def release_pool(self, req: ReleasePoolRequest) -> EmptyReply:
+        self._controller.release_pool(req.pool_id)
+        return EmptyReply()
+
+    def request_address(self, req: RequestAddressRequest) -> RequestAddressReply:
+        reply = self._controller.request_address(req.pool_id, parse_address_request(req))
+        return RequestAddressReply(address=reply.address)
+
+    def release_address(self, req: ReleaseAddressRequest) -> EmptyReply:
+        address = strip_prefix(req.address)
+        if address:
+            self._controller.release_address(req.pool_id, address)
+        return EmptyReply()

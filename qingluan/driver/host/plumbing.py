@@ -1,0 +1,243 @@
+"""``LinuxHost``: the real :class:`~qingluan.driver.interfaces.HostOps` (OVS + netlink + iptables).
+
+Names come from ``qingluan.names`` (``qlv``/``qlc`` per endpoint, ``qlg``/``qlb``
+per gateway), so what exists on the host can always be matched against the
+controller's state. Each ``ensure_*`` undoes what it created itself when a
+later step fails. The sweep only ever removes devices and ports with those
+prefixes: other ports on the bridge (uplinks, tunnels) are someone else's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from qingluan import names
+from qingluan.driver.host.commands import Runner
+from qingluan.driver.host.iptables import DEFAULT_PREFIX, Iptables, desired_rules
+from qingluan.driver.host.links import HostTuning, Links
+from qingluan.driver.host.ovs import (
+    ENDPOINT_KEY,
+    NETWORK_KEY,
+    OWNER,
+    OWNER_KEY,
+    Ovs,
+    detect_datapath_type,
+)
+from qingluan.driver.interfaces import SweepReport
+from qingluan.model import DatapathType, Endpoint, Network, NetworkModel
+
+log = logging.getLogger(__name__)
+
+LINK_PREFIXES = (names.ENDPOINT_PORT, names.ENDPOINT_PEER, names.GATEWAY_DEV, names.GATEWAY_PORT)
+PORT_PREFIXES = (names.ENDPOINT_PORT, names.GATEWAY_PORT)
+GATEWAY_DEV_MODELS = frozenset({NetworkModel.NAT, NetworkModel.NONAT})
+
+
+@dataclass
+class SweepPlan:
+    """What the start-up sweep must do; computed from names only (pure)."""
+
+    ensure_gateways: list[Network] = field(default_factory=list)
+    reattach: list[tuple[Endpoint, Network]] = field(default_factory=list)
+    missing: list[Endpoint] = field(default_factory=list)
+    remove_links: list[str] = field(default_factory=list)
+    remove_ports: list[str] = field(default_factory=list)
+
+
+def plan_sweep(
+    links: Iterable[str],
+    ports: Iterable[str],
+    networks: Sequence[Network],
+    endpoints: Sequence[Endpoint],
+) -> SweepPlan:
+    """Given the qingluan-named veths and bridge ports present, what to fix and remove."""
+    by_net = {n.id: n for n in networks}
+    gateways = [n for n in networks if n.model in GATEWAY_DEV_MODELS]
+    local_eps = [e for e in endpoints if e.network_id in by_net]
+    keep_links = {names.gateway_dev(n.id) for n in gateways} | {
+        names.gateway_port(n.id) for n in gateways
+    }
+    keep_ports = {names.gateway_port(n.id) for n in gateways}
+    for ep in local_eps:
+        keep_links |= {names.endpoint_port(ep.id), names.endpoint_peer(ep.id)}
+        keep_ports.add(names.endpoint_port(ep.id))
+    present = set(links)
+    plan = SweepPlan(ensure_gateways=sorted(gateways, key=lambda n: n.id))
+    for ep in sorted(local_eps, key=lambda e: e.id):
+        if names.endpoint_port(ep.id) in present:
+            plan.reattach.append((ep, by_net[ep.network_id]))
+        else:
+            plan.missing.append(ep)
+    plan.remove_links = sorted(
+        n for n in present if n.startswith(LINK_PREFIXES) and n not in keep_links
+    )
+    plan.remove_ports = sorted(
+        p for p in set(ports) if p.startswith(PORT_PREFIXES) and p not in keep_ports
+    )
+    return plan
+
+
+class LinuxHost:
+    """Host plumbing of one driver: bridge, veths, gateway devices, sysctls, iptables."""
+
+    def __init__(
+        self,
+        *,
+        bridge: str = "br-ql",
+        ovsdb: str | None = None,
+        netns: str | None = None,
+        chain_prefix: str = DEFAULT_PREFIX,
+        datapath_type: DatapathType | None = None,
+        underlay_address: str | None = None,
+        ovs_timeout: int = 10,
+    ) -> None:
+        self._bridge = bridge
+        self.runner = Runner(netns)
+        self.ovs = Ovs(self.runner, db=ovsdb, timeout=ovs_timeout)
+        self.links = Links(netns)
+        self.tuning = HostTuning(self.runner)
+        self.iptables = Iptables(self.runner, chain_prefix)
+        self._datapath_type = datapath_type or detect_datapath_type()
+        self._underlay_address = underlay_address
+
+    @property
+    def datapath_type(self) -> DatapathType:
+        return self._datapath_type
+
+    @property
+    def bridge(self) -> str:
+        return self._bridge
+
+    # ---- bridge ----
+
+    def ensure_bridge(self, controller_target: str) -> int:
+        return self.ovs.ensure_bridge(
+            self._bridge, datapath_type=self._datapath_type, controller_target=controller_target
+        )
+
+    # ---- shared by gateways and endpoints ----
+
+    def _quiet(self, dev: str) -> None:
+        """No IPv6 autoconf chatter (router solicitations, DAD) into the bridge."""
+        self.tuning.sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", "1", missing_ok=True)
+
+    def _offloads(self, *devs: str) -> None:
+        if self._datapath_type is DatapathType.NETDEV:
+            for dev in devs:
+                if self.links.get(dev) is not None:
+                    self.tuning.tx_offload_off(dev)
+
+    # ---- gateways ----
+
+    def ensure_gateway(self, network: Network) -> None:
+        dev, port = names.gateway_dev(network.id), names.gateway_port(network.id)
+        prefix = ipaddress.IPv4Network(network.subnet).prefixlen
+        with contextlib.ExitStack() as undo:
+            if self.links.ensure_veth(port, dev, mtu=network.mtu, peer_mac=network.gateway_mac):
+                undo.callback(self._silently, self.links.delete, port)
+            self._offloads(port, dev)
+            self._quiet(port)
+            self._quiet(dev)
+            self.links.set_addresses(dev, [f"{network.gateway}/{prefix}"])
+            self.links.set(port, up=True)
+            self.links.set(dev, up=True)
+            if port not in self.ovs.port_names(self._bridge):
+                undo.callback(self._silently, self.ovs.del_port, self._bridge, port)
+            self.ovs.add_port(self._bridge, port, {OWNER_KEY: OWNER, NETWORK_KEY: network.id})
+            if network.model is NetworkModel.NAT and not network.internal:
+                self.tuning.sysctl("net.ipv4.ip_forward", "1")
+                self.tuning.sysctl(f"net.ipv4.conf.{dev}.route_localnet", "1")
+            undo.pop_all()
+
+    def remove_gateway(self, network_id: str) -> None:
+        port = names.gateway_port(network_id)
+        self.ovs.del_port(self._bridge, port)
+        self.links.delete(port)
+        self.links.delete(names.gateway_dev(network_id))
+
+    # ---- endpoints ----
+
+    def ensure_endpoint(self, endpoint_id: str, network: Network, mac: str) -> str:
+        port, peer = names.endpoint_port(endpoint_id), names.endpoint_peer(endpoint_id)
+        with contextlib.ExitStack() as undo:
+            if self.links.ensure_veth(port, peer, mtu=network.mtu, peer_mac=mac):
+                undo.callback(self._silently, self.links.delete, port)
+            self._offloads(port, peer)
+            self._quiet(port)
+            self.links.set(port, up=True)
+            if port not in self.ovs.port_names(self._bridge):
+                undo.callback(self._silently, self.ovs.del_port, self._bridge, port)
+            self.ovs.add_port(
+                self._bridge,
+                port,
+                {OWNER_KEY: OWNER, ENDPOINT_KEY: endpoint_id, NETWORK_KEY: network.id},
+            )
+            undo.pop_all()
+        return port
+
+    def remove_endpoint(self, endpoint_id: str) -> None:
+        port = names.endpoint_port(endpoint_id)
+        self.ovs.del_port(self._bridge, port)
+        self.links.delete(port)
+        self.links.delete(names.endpoint_peer(endpoint_id))
+
+    # ---- NAT ----
+
+    def sync_nat(self, networks: Sequence[Network], endpoints: Sequence[Endpoint]) -> bool:
+        return self.iptables.apply(desired_rules(self.iptables.prefix, networks, endpoints))
+
+    # ---- start-up ----
+
+    def sweep(self, networks: Sequence[Network], endpoints: Sequence[Endpoint]) -> SweepReport:
+        plan = plan_sweep(
+            self.links.veths(LINK_PREFIXES), self.ovs.port_names(self._bridge), networks, endpoints
+        )
+        report = SweepReport()
+
+        def attempt(what: str, fn: Callable[[], object]) -> bool:
+            try:
+                fn()
+            except Exception as exc:
+                report.errors.append(f"{what}: {exc}")
+                log.error("sweep: %s: %s", what, exc)
+                return False
+            return True
+
+        for port in plan.remove_ports:
+            if attempt(f"remove port {port}", partial(self.ovs.del_port, self._bridge, port)):
+                report.ports_removed.append(port)
+        for link in plan.remove_links:
+            if attempt(f"remove {link}", partial(self.links.delete, link)):
+                report.links_removed.append(link)
+        for net in plan.ensure_gateways:
+            if attempt(f"gateway of network {net.id[:12]}", partial(self.ensure_gateway, net)):
+                report.gateways_ensured.append(names.gateway_dev(net.id))
+        for ep, net in plan.reattach:
+            if attempt(f"endpoint {ep.id[:12]}", partial(self.ensure_endpoint, ep.id, net, ep.mac)):
+                report.endpoints_reattached.append(names.endpoint_port(ep.id))
+        report.endpoints_missing = [names.endpoint_port(e.id) for e in plan.missing]
+
+        def resync() -> None:
+            report.nat_changed = self.sync_nat(networks, endpoints)
+
+        attempt("iptables", resync)
+        return report
+
+    def underlay_mtu(self) -> int | None:
+        try:
+            return self.links.route_mtu(self._underlay_address)
+        except Exception as exc:
+            log.warning("cannot find the underlay MTU: %s", exc)
+            return None
+
+    @staticmethod
+    def _silently(fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            log.error("rollback failed: %s", exc)

@@ -1,0 +1,40 @@
+"""Glue between ``qingluan driver`` (``qingluan/cli.py``) and the driver process."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from pathlib import Path
+
+from qingluan.driver.client import DEFAULT_URL
+from qingluan.driver.service import DriverConfig, run_driver
+from qingluan.model import DatapathType
+
+__all__ = ["DriverConfig", "config_from_args", "run_driver"]
+
+
+def config_from_args(args: argparse.Namespace) -> DriverConfig:
+    """A ``DriverConfig`` from the CLI's parsed flags; absent flags keep the defaults."""
+    defaults = DriverConfig(host="-")
+
+    def get(name: str, default: object) -> object:
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    datapath = str(get("datapath", "auto"))
+    netns = getattr(args, "netns", None)
+    address = getattr(args, "underlay_address", None)
+    return DriverConfig(
+        host=str(get("host_name", socket.gethostname())),
+        controller_url=str(get("controller", os.environ.get("QINGLUAN_CONTROLLER") or DEFAULT_URL)),
+        token_file=Path(str(get("token_file", defaults.token_file))),
+        openflow_target=str(get("openflow_target", defaults.openflow_target)),
+        bridge=str(get("bridge", defaults.bridge)),
+        ovsdb=getattr(args, "ovsdb", None),
+        plugin_dir=Path(str(get("plugin_dir", defaults.plugin_dir))),
+        chain_prefix=str(get("chain_prefix", defaults.chain_prefix)),
+        datapath_type=None if datapath == "auto" else DatapathType(datapath),
+        underlay_address=str(address) if address else None,
+        netns=str(netns) if netns else None,
+    )

@@ -1,0 +1,215 @@
+"""The driver process: ``run_driver(DriverConfig(...))`` serves until SIGTERM/SIGINT.
+
+Start-up order, chosen so that dockerd never waits on a missing socket (a
+plugin that is down at dockerd's start stalls every container start):
+
+1. bind both plugin sockets and answer at once;
+2. in a background thread, retrying with backoff until it succeeds: ensure
+   the integration bridge, register the host (``PUT /v1/hosts/{name}`` with
+   dpid, bridge and datapath type), then sweep under the guard's exclusive
+   lock: re-create the plumbing of the controller's networks and endpoints of
+   this host, remove qingluan-named devices/ports the controller does not
+   know, re-sync iptables.
+
+Until step 2 has succeeded, Docker calls that touch the host wait (bounded)
+and then fail with the reason (e.g. "the qingluan controller at … is not
+reachable"); IPAM calls go to the controller directly. Stopping removes the
+socket files and leaves all plumbing in place, so containers keep working
+while the driver restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qingluan.api_schema import HostRegistration
+from qingluan.driver.client import DEFAULT_URL, HttpControllerClient
+from qingluan.driver.guard import HostGuard
+from qingluan.driver.handlers import IpamDriver, NetworkDriver
+from qingluan.driver.host.iptables import DEFAULT_PREFIX
+from qingluan.driver.host.plumbing import LinuxHost
+from qingluan.driver.interfaces import ControllerClient, HostOps, SweepReport
+from qingluan.driver.server import (
+    PluginApp,
+    ipam_driver_routes,
+    network_driver_routes,
+    serve_plugins,
+)
+from qingluan.errors import QingluanError
+from qingluan.model import DatapathType
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PLUGIN_DIR = Path("/run/docker/plugins")
+DEFAULT_TOKEN_FILE = Path("/var/lib/qingluan/token")
+DEFAULT_OPENFLOW_TARGET = "tcp:127.0.0.1:6653"
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """Everything ``qingluan driver`` can be told (CLI flags map 1:1)."""
+
+    host: str = field(default_factory=socket.gethostname)
+    controller_url: str = DEFAULT_URL
+    token_file: Path = DEFAULT_TOKEN_FILE
+    openflow_target: str = DEFAULT_OPENFLOW_TARGET
+    bridge: str = "br-ql"
+    ovsdb: str | None = None  # e.g. "unix:/run/openvswitch/db.sock"; None: ovs-vsctl's default
+    plugin_dir: Path = DEFAULT_PLUGIN_DIR
+    network_plugin: str = "qingluan"
+    ipam_plugin: str = "qingluanIpam"
+    chain_prefix: str = DEFAULT_PREFIX
+    datapath_type: DatapathType | None = None  # None: detect (system if the kernel has OVS)
+    underlay_address: str | None = None  # this host's address for cross-host modes
+    netns: str | None = None  # manage this network namespace instead of the root one
+    controller_timeout: float = 10.0
+    startup_wait: float = 20.0  # how long a Docker call waits for start-up to finish
+    retry_max: float = 10.0  # longest pause between start-up attempts
+    workers: int = 32  # concurrent Docker calls
+
+    @property
+    def network_socket(self) -> Path:
+        return self.plugin_dir / f"{self.network_plugin}.sock"
+
+    @property
+    def ipam_socket(self) -> Path:
+        return self.plugin_dir / f"{self.ipam_plugin}.sock"
+
+
+class Driver:
+    """One host's driver: handlers, start-up sync and the plugin sockets."""
+
+    def __init__(
+        self, config: DriverConfig, *, controller: ControllerClient, host_ops: HostOps
+    ) -> None:
+        self.config = config
+        self.controller = controller
+        self.host_ops = host_ops
+        self.guard = HostGuard(wait_timeout=config.startup_wait)
+        self.network_driver = NetworkDriver(
+            host=config.host, controller=controller, host_ops=host_ops, guard=self.guard
+        )
+        self.ipam_driver = IpamDriver(controller=controller)
+        self.last_sweep: SweepReport | None = None
+        self._stopping = threading.Event()
+
+    @classmethod
+    def from_config(cls, config: DriverConfig) -> Driver:
+        controller = HttpControllerClient(
+            config.controller_url, token_file=config.token_file, timeout=config.controller_timeout
+        )
+        host_ops = LinuxHost(
+            bridge=config.bridge,
+            ovsdb=config.ovsdb,
+            netns=config.netns,
+            chain_prefix=config.chain_prefix,
+            datapath_type=config.datapath_type,
+            underlay_address=config.underlay_address,
+        )
+        return cls(config, controller=controller, host_ops=host_ops)
+
+    # ---- start-up sync ----
+
+    def sync_once(self) -> SweepReport:
+        """Bridge, registration, sweep; raises on the first failure."""
+        cfg = self.config
+        dpid = self.host_ops.ensure_bridge(cfg.openflow_target)
+        self.controller.register_host(
+            cfg.host,
+            HostRegistration(
+                dpid=dpid,
+                bridge=self.host_ops.bridge,
+                datapath_type=self.host_ops.datapath_type,
+                address=cfg.underlay_address,
+            ),
+        )
+        log.info(
+            "host %s registered: bridge %s dpid %016x (%s datapath)",
+            cfg.host,
+            self.host_ops.bridge,
+            dpid,
+            self.host_ops.datapath_type.value,
+        )
+        with self.guard.exclusive():
+            networks = self.controller.list_networks(cfg.host)
+            endpoints = self.controller.list_endpoints(cfg.host)
+            report = self.host_ops.sweep(networks, endpoints)
+        self.last_sweep = report
+        log.info(
+            "sweep: %d networks, %d endpoints; removed links %s ports %s; missing %s; errors %s",
+            len(networks),
+            len(endpoints),
+            report.links_removed,
+            report.ports_removed,
+            report.endpoints_missing,
+            report.errors,
+        )
+        return report
+
+    def sync_until_ready(self) -> None:
+        """Retry ``sync_once`` with backoff until it works or the driver stops."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                self.sync_once()
+            except Exception as exc:
+                reason = exc.message if isinstance(exc, QingluanError) else repr(exc)
+                self.guard.set_starting(reason)
+                log.warning("start-up not done (%s); retrying in %.1f s", reason, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self.config.retry_max)
+                continue
+            self.guard.set_ready()
+            log.info("driver ready")
+            return
+
+    # ---- serving ----
+
+    def apps(self, executor: ThreadPoolExecutor) -> dict[Path, PluginApp]:
+        cfg = self.config
+        return {
+            cfg.network_socket: PluginApp(
+                cfg.network_plugin, network_driver_routes(self.network_driver), executor
+            ),
+            cfg.ipam_socket: PluginApp(
+                cfg.ipam_plugin, ipam_driver_routes(self.ipam_driver), executor
+            ),
+        }
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` is set (or SIGTERM/SIGINT when run from the main thread)."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        handled: list[signal.Signals] = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+                handled.append(sig)
+        executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="ql-call")
+        syncer = threading.Thread(target=self.sync_until_ready, name="ql-startup", daemon=True)
+        try:
+            await serve_plugins(self.apps(executor), stop, ready=syncer.start)
+        finally:
+            self._stopping.set()
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            executor.shutdown(wait=False, cancel_futures=True)
+            if syncer.is_alive():
+                syncer.join(timeout=5)
+            log.info("driver stopped")
+
+
+def run_driver(config: DriverConfig) -> None:
+    """Run the driver until SIGTERM/SIGINT (the entry point for ``qingluan driver``)."""
+    try:
+        driver = Driver.from_config(config)
+        asyncio.run(driver.run())
+    except QingluanError as exc:  # e.g. the socket is served by a driver already running
+        raise SystemExit(f"qingluan driver: {exc.message}") from None
