@@ -48,7 +48,9 @@ class Pool(Frozen):
     ``name`` is the address-pool name the user chose with ``--ipam-opt pool=``
     (``nat``, ``nonat``, ...). ``network_id`` is set once a network is bound to
     the pool by CreateNetwork; a pool with no network is released by
-    ReleasePool, a bound one is kept (see docs/architecture.md, "IPAM").
+    ReleasePool; a bound one is only marked ``released`` and goes when its last
+    network is deleted (dockerd 20.10 releases the pool before DeleteNetwork;
+    see docs/architecture.md, "IPAM").
     """
 
     id: str
@@ -59,6 +61,10 @@ class Pool(Frozen):
     user_subnet: bool = Field(description="the subnet came from --subnet, not from the pool range")
     network_id: str | None = None
     options: dict[str, str] = Field(default_factory=dict)
+    released: bool = Field(
+        default=False,
+        description="Docker released the pool while a network was bound: it goes with the network",
+    )
 
 
 class AllocationKind(StrEnum):

@@ -256,6 +256,10 @@ class Services(StoreState):
             )
             if decision.created:
                 tx.put(pool_key(decision.pool.id), decision.pool)
+            elif decision.pool.released:  # requested again (dockerd's replay): in use
+                tx.put(
+                    pool_key(decision.pool.id), decision.pool.model_copy(update={"released": False})
+                )
         reply = PoolReply(pool_id=decision.pool.id, subnet=decision.pool.subnet)
         return reply, decision.created
 
@@ -270,11 +274,17 @@ class Services(StoreState):
                 return
             bound = any(n.pool_id == pool_id for n in _all(tx, NETWORKS, Network))
             if not ipam.release_pool(pool, bound=bound):
-                log.info("pool %s is bound to a network: kept", pool_id)
+                log.info("pool %s is bound to a network: it goes with the network", pool_id)
+                if not pool.released:
+                    tx.put(pool_key(pool_id), pool.model_copy(update={"released": True}))
                 return
-            for key, _ in tx.scan(allocations_prefix(pool_id)):
-                tx.delete(key)
-            tx.delete(pool_key(pool_id))
+            self._drop_pool(tx, pool_id)
+
+    @staticmethod
+    def _drop_pool(tx: KeyValue, pool_id: str) -> None:
+        for key, _ in tx.scan(allocations_prefix(pool_id)):
+            tx.delete(key)
+        tx.delete(pool_key(pool_id))
 
     def _pool(self, kv: KeyValue, pool_id: str) -> Pool:
         pool = _load(kv, pool_key(pool_id), Pool)
@@ -381,6 +391,11 @@ class Services(StoreState):
         pool = _load(tx, pool_key(network.pool_id), Pool)
         if pool is not None:
             remaining = _all(tx, NETWORKS, Network)
+            if pool.released and not any(
+                n.pool_id == pool.id for n in remaining if n.id != network.id
+            ):
+                self._drop_pool(tx, pool.id)
+                return
             unbound = ipam.unbind_pool(pool, network.id, remaining)
             if unbound != pool:
                 tx.put(pool_key(pool.id), unbound)

@@ -66,6 +66,7 @@ def test_chain_names_and_jumps():
         "QLTEST-PREROUTING",
         "QLTEST-OUTPUT",
         "QLTEST-FORWARD",
+        "QLTEST-INPUT",
     ]
     jumps = {(j.table, j.builtin): j.spec() for j in chains.jumps()}
     assert jumps[("nat", "PREROUTING")] == [
@@ -212,3 +213,15 @@ def test_config_from_cli_args(tmp_path):
     assert cfg.chain_prefix == "QLX" and cfg.ovsdb == "unix:/tmp/db.sock"
     auto = config_from_args(argparse.Namespace(datapath="auto"))
     assert auto.datapath_type is None and auto.bridge == "br-ql"
+
+
+def test_localhost_guard_only_while_nat_networks_exist():
+    from qingluan.driver.host.iptables import LOCALHOST_GUARD
+
+    chains = Chains("QL")
+    with_nat = desired_rules("QL", [NAT], [])
+    assert with_nat[chains.input] == [LOCALHOST_GUARD]
+    guard = " ".join(LOCALHOST_GUARD)
+    assert "-d 127.0.0.0/8" in guard and "-i ql+" in guard and guard.endswith("-j DROP")
+    assert "! --ctstate RELATED,ESTABLISHED,DNAT" in guard
+    assert desired_rules("QL", [NONAT], [])[chains.input] == []

@@ -128,6 +128,18 @@ def out_ports(outputs: list[tuple[int, Packet]]) -> list[int]:
 # ---- unicast -------------------------------------------------------------------------
 
 
+def test_ipv4_with_a_stale_destination_mac_still_reaches_the_address(lab: Lab) -> None:
+    # b's address was given to a new container with a new MAC; a still caches the old one
+    packet = ipv4(lab.a, "02:de:ad:00:00:01", lab.b.address)
+    out = simulate(lab.state(), lab.port(lab.a), packet)
+    assert out == [(lab.port(lab.b), {**packet, "eth_dst": lab.b.mac})]
+    # the same stale MAC with an address of another network goes nowhere
+    assert (
+        simulate(lab.state(), lab.port(lab.a), ipv4(lab.a, "02:de:ad:00:00:01", lab.c.address))
+        == []
+    )
+
+
 def test_unicast_between_containers_reaches_only_the_destination(lab: Lab) -> None:
     packet = ipv4(lab.a, lab.b.mac, lab.b.address)
     assert simulate(lab.state(), lab.port(lab.a), packet) == [(lab.port(lab.b), packet)]
@@ -383,7 +395,7 @@ def test_cookies_name_the_owner(lab: Lab) -> None:
         if flow.priority == 0:
             assert cookie_kind(flow.cookie) == CookieKind.BASE
     a_flows = {f for f in state.flows if f.cookie == cookie(CookieKind.ENDPOINT, lab.a.id)}
-    assert len(a_flows) == 4
+    assert len(a_flows) == 5
     # removing an endpoint removes exactly the flows that carry its cookie
     without_a = compute_bridge(lab.networks, [lab.b, lab.c, lab.d], lab.ports)
     assert state.flows - without_a.flows == a_flows
@@ -440,7 +452,7 @@ def test_flow_count_is_linear_in_endpoints() -> None:
     base = _count(0, 0)
     per_network = _count(1, 0) - base
     per_endpoint = _count(1, 1) - _count(1, 0)
-    assert (base, per_network, per_endpoint) == (len(Table), 4, 4)
+    assert (base, per_network, per_endpoint) == (len(Table), 5, 5)
     for networks in (1, 2, 5):
         for n in (0, 1, 7, 40):
             assert _count(networks, n) == base + networks * (per_network + n * per_endpoint)

@@ -31,7 +31,7 @@ from qingluan.controller.config import ControllerConfig, parse_pool_ranges
 from qingluan.controller.services import Services
 from qingluan.controller.store import SqliteStore
 from qingluan.errors import Conflict, InvalidRequest, NotFound, QingluanError, Timeout, Unavailable
-from qingluan.model import DatapathType, NetworkModel, PortMapping, Protocol
+from qingluan.model import DatapathType, NetworkModel, Pool, PortMapping, Protocol
 from qingluan.names import gateway_mac
 
 MAC_A = "02:42:ac:11:00:0a"
@@ -227,7 +227,7 @@ def test_refused_second_network_and_dockers_rollback_leave_the_first_intact(
     pool_id = make_network(svc, aux=("192.168.1.5",))
     svc.update_network(NET1, NetworkUpdate(name="first"))
     run_container(svc, EP1, MAC_A)
-    before = (svc.list_pools(), svc.get_network(NET1), svc.list_endpoints())
+    before = (_pools(svc), svc.get_network(NET1), svc.list_endpoints())
 
     # docker network create --subnet 192.168.1.0/24 --gateway 192.168.1.1 --aux-address ...
     reply, created = svc.request_pool(PoolRequest(pool="nat", subnet="192.168.1.0/24"))
@@ -244,8 +244,38 @@ def test_refused_second_network_and_dockers_rollback_leave_the_first_intact(
     svc.release_address(pool_id, "192.168.1.5")
     svc.release_pool(pool_id)
 
-    assert (svc.list_pools(), svc.get_network(NET1), svc.list_endpoints()) == before
+    assert (_pools(svc), svc.get_network(NET1), svc.list_endpoints()) == before
     assert run_container(svc, EP2, MAC_B) == "192.168.1.3"  # .1 gateway, .2 EP1, .5 aux
+
+
+def _pools(svc: Services) -> list[Pool]:
+    """The pools apart from the ``released`` mark (which only matters at network delete)."""
+    return [p.model_copy(update={"released": False}) for p in svc.list_pools()]
+
+
+def test_docker_20_10_releases_the_pool_before_deleting_the_network(svc: Services) -> None:
+    # docker network rm on dockerd 20.10: ReleaseAddress(gateway), ReleasePool, DeleteNetwork
+    pool_id = make_network(svc)
+    svc.release_address(pool_id, "192.168.1.1")
+    svc.release_pool(pool_id)
+    assert [p.id for p in svc.list_pools()] == [pool_id], "kept while the network exists"
+    svc.delete_network(NET1)
+    assert svc.list_pools() == []
+
+
+def test_newer_docker_deletes_the_network_before_releasing_the_pool(svc: Services) -> None:
+    pool_id = make_network(svc)
+    svc.delete_network(NET1)
+    svc.release_address(pool_id, "192.168.1.1")
+    svc.release_pool(pool_id)
+    assert svc.list_pools() == []
+
+
+def test_a_pool_requested_again_after_a_release_is_kept_with_its_network(svc: Services) -> None:
+    pool_id = make_network(svc)
+    svc.release_pool(pool_id)  # e.g. the rollback of a refused second create
+    svc.request_pool(PoolRequest(pool="nat", subnet="192.168.1.0/24"))  # dockerd's replay
+    assert not svc.list_pools()[0].released
 
 
 def test_failed_converge_undoes_the_network(svc: Services, conv: RecordingConverger) -> None:

@@ -56,6 +56,7 @@ MULTICAST_BIT = "01:00:00:00:00:00"
 # Priorities inside a table. Table-miss flows use PASS_THROUGH_PRIORITY (0).
 PORT_PRIORITY = 100  # CLASSIFY: a port's own traffic
 ANSWER_PRIORITY = 100  # ARP: a request for a known address
+IP_UNICAST_PRIORITY = 110  # L2: IPv4 for a known address (whatever the MAC)
 UNICAST_PRIORITY = 100  # L2: a known destination MAC
 FLOOD_PRIORITY = 50  # L2: broadcast/multicast
 
@@ -200,9 +201,32 @@ def l2_unicast_flow(network: Network, member: Member) -> Flow:
     )
 
 
+def ip_unicast_flow(network: Network, member: Member) -> Flow:
+    """Deliver IPv4 for the member's address to it, with its current MAC.
+
+    When Docker hands a released address to a new container, that container
+    gets a new MAC while its peers (and the host) may still cache the old one
+    for a few seconds; unknown unicast is dropped, so their first packets
+    would be lost. Forwarding IPv4 by destination address and rewriting the
+    destination MAC makes stale ARP caches harmless. Still one flow per port.
+    """
+    return Flow.make(
+        int(Table.L2),
+        IP_UNICAST_PRIORITY,
+        {"metadata": network_metadata(network), "eth_type": ETH_TYPE_IPV4, "ipv4_dst": member.ip},
+        (SetField("eth_dst", member.mac), Output(member.port)),
+        cookie=member.cookie,
+    )
+
+
 def member_flows(network: Network, member: Member, classify: list[Flow]) -> OwnedFlows:
-    """A port's flows: classify it, answer ARP for its address, deliver to its MAC."""
-    flows = (*classify, arp_responder_flow(network, member), l2_unicast_flow(network, member))
+    """A port's flows: classify it, answer ARP for its address, deliver to it."""
+    flows = (
+        *classify,
+        arp_responder_flow(network, member),
+        ip_unicast_flow(network, member),
+        l2_unicast_flow(network, member),
+    )
     return OwnedFlows(member.owner, flows)
 
 

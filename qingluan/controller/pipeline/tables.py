@@ -70,9 +70,10 @@ PIPELINE: dict[Table, TableSpec] = {
         ),
         TableSpec(
             Table.L2,
-            "(network, destination MAC) -> port; broadcast/multicast -> the network's "
-            "flood group; unknown unicast is dropped",
-            frozenset({"metadata", "eth_dst"}),
+            "(network, destination IPv4) -> port with its current MAC; (network, "
+            "destination MAC) -> port; broadcast/multicast -> the network's flood "
+            "group; unknown unicast is dropped",
+            frozenset({"metadata", "eth_dst", "eth_type", "ipv4_dst"}),
             None,
         ),
     )

@@ -86,8 +86,12 @@ class Chains:
     def forward(self) -> ChainKey:
         return (FILTER, f"{self.prefix}-FORWARD")
 
+    @property
+    def input(self) -> ChainKey:
+        return (FILTER, f"{self.prefix}-INPUT")
+
     def all(self) -> list[ChainKey]:
-        return [self.postrouting, self.prerouting, self.output, self.forward]
+        return [self.postrouting, self.prerouting, self.output, self.forward, self.input]
 
     def jumps(self) -> list[Jump]:
         local = ("-m", "addrtype", "--dst-type", "LOCAL")
@@ -96,6 +100,7 @@ class Chains:
             Jump(NAT, "OUTPUT", local, self.output[1]),
             Jump(NAT, "POSTROUTING", (), self.postrouting[1]),
             Jump(FILTER, "FORWARD", (), self.forward[1]),
+            Jump(FILTER, "INPUT", (), self.input[1]),
         ]
 
 
@@ -160,6 +165,17 @@ def _forward(nat: Sequence[Network], isolated: Sequence[Network]) -> list[Rule]:
     return out
 
 
+# Publishing on 127.0.0.1 needs route_localnet on qingluan's devices, which would
+# also let a container address the host's loopback services directly. Only
+# connections that a published port DNATed (or their replies) may reach
+# 127.0.0.0/8 from a qingluan device (the kube-proxy CVE-2020-8558 guard).
+LOCALHOST_GUARD: Rule = (
+    "-d", "127.0.0.0/8", "!", "-s", "127.0.0.0/8", "-i", f"{names.PREFIX}+",
+    "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
+    "-m", "comment", "--comment", "qingluan-localhost-guard", "-j", "DROP",
+)  # fmt: skip
+
+
 def desired_rules(
     prefix: str, networks: Sequence[Network], endpoints: Sequence[Endpoint]
 ) -> RuleSet:
@@ -179,6 +195,7 @@ def desired_rules(
         chains.prerouting: dnat,
         chains.output: list(dnat),
         chains.forward: _forward(nat, [n for n in nets if _isolated(n)]),
+        chains.input: [LOCALHOST_GUARD] if nat else [],
     }
 
 

@@ -169,6 +169,10 @@ class LinuxHost:
                 undo.callback(self._silently, self.links.delete, port)
             self._offloads(port, peer)
             self._quiet(port)
+            if network.model is NetworkModel.NAT and not network.internal:
+                # the kernel checks loopback routing on the device where the
+                # container's replies enter: needed for -p via 127.0.0.1
+                self.tuning.sysctl(f"net.ipv4.conf.{port}.route_localnet", "1")
             self.links.set(port, up=True)
             if port not in self.ovs.port_names(self._bridge):
                 undo.callback(self._silently, self.ovs.del_port, self._bridge, port)

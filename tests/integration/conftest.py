@@ -1,0 +1,69 @@
+"""Fixtures shared by the end-to-end tests: one whole qingluan stack per test module."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.stack import QL, SimHost, Stack
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        raise pytest.UsageError("the integration tests need root (namespaces, OVS, dockerd)")
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    workdir = Path(tempfile.mkdtemp(prefix="qle2e-"))
+    s = Stack(workdir).start()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def host(stack: Stack) -> SimHost:
+    return stack.hosts[0]
+
+
+def ip_of(host: SimHost, container: str) -> str:
+    return host.docker(
+        "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container
+    )
+
+
+def create_network(host: SimHost, name: str, *opts: str) -> str:
+    return host.docker("network", "create", *QL, *opts, name)
+
+
+def run_sleeper(host: SimHost, name: str, network: str, *extra: str) -> str:
+    host.docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        network,
+        *extra,
+        "qingluan/busybox",
+        "sleep",
+        "3600",
+    )
+    return ip_of(host, name)
+
+
+def pings(host: SimHost, container: str, target: str, count: int = 1) -> bool:
+    """Whether ``container`` gets an answer from ``target`` (bounded: ~1 s per packet)."""
+    from tests.support.dockerd import DockerCommandError
+
+    try:
+        host.docker("exec", container, "ping", "-c", str(count), "-W", "1", target, timeout=30)
+    except DockerCommandError:
+        return False
+    return True
