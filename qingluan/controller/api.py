@@ -314,7 +314,7 @@ def create_app(services: Services, token: str) -> FastAPI:
 
     @router.delete("/ipam/pools/{pool_id}", status_code=204, dependencies=auth, tags=["ipam"])
     def release_pool(pool_id: PoolId) -> Response:
-        """ReleasePool (unknown: 204). A pool bound to a network is kept."""
+        """ReleasePool (unknown: 204). A bound pool goes with its last network."""
         services.release_pool(pool_id)
         return Response(status_code=204)
 
