@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     drv.add_argument("--plugin-dir", type=Path, default=Path("/run/docker/plugins"))
     drv.add_argument("--chain-prefix", default="QINGLUAN", help="prefix of iptables chains")
     drv.add_argument("--datapath", choices=("auto", "system", "netdev"), default="auto")
+    drv.add_argument(
+        "--docker-host",
+        default=None,
+        metavar="unix://PATH",
+        help="local Docker API, asked for network and container names (default: env "
+        "DOCKER_HOST if it is unix://..., else unix:///run/docker.sock)",
+    )
     drv.add_argument("--log-level", default="info")
     drv.set_defaults(func=cmd_driver)
 

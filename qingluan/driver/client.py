@@ -33,6 +33,7 @@ from qingluan.api_schema import (
     HostRegistration,
     HostStatus,
     NetworkCreate,
+    NetworkUpdate,
     PoolReply,
     PoolRequest,
 )
@@ -253,6 +254,10 @@ class HttpControllerClient:
 
     def list_networks(self, host: str) -> list[Network]:
         return self._json_list(self._send("GET", "/networks", params={"host": host}), Network)
+
+    def update_network(self, network_id: str, body: NetworkUpdate) -> Network:
+        response = self._send("PATCH", f"/networks/{_seg(network_id)}", body=body)
+        return self._json(response, Network)
 
     def delete_network(self, network_id: str) -> None:
         self._send("DELETE", f"/networks/{_seg(network_id)}", missing_ok=True)

@@ -9,7 +9,9 @@ IPAM, networks, endpoints) and :class:`~qingluan.driver.interfaces.HostOps`
 - a failure half-way undoes what this call did, then raises the error whose
   message the user reads;
 - Leave/DeleteEndpoint/DeleteNetwork/Revoke… of an unknown id succeed;
-- no Docker API call (it deadlocks dockerd).
+- no Docker API call (it deadlocks dockerd): CreateNetwork and Join only
+  notify ``on_network_change`` (the name learner, ``qingluan.driver.learner``),
+  which asks Docker later from its own thread.
 
 Join semantics (who gets a default route; see ``join_gateway``):
 
@@ -157,11 +159,14 @@ class NetworkDriver:
         controller: ControllerClient,
         host_ops: HostOps,
         guard: HostGuard | None = None,
+        on_network_change: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
         self._controller = controller
         self._host_ops = host_ops
         self._guard = guard or HostGuard(ready=True)
+        # e.g. NameLearner.notify: must only enqueue (no Docker API call in a plugin call)
+        self._on_network_change = on_network_change
         self._locks = KeyedLocks()
         self._nat_lock = threading.Lock()
 
@@ -235,6 +240,7 @@ class NetworkDriver:
             network.subnet,
             network.gateway,
         )
+        self._changed(network.id)
         return EmptyReply()
 
     def _pool_for(self, subnet: str, network_id: str) -> str:
@@ -337,6 +343,7 @@ class NetworkDriver:
                 )
             # Re-creates the pair if it vanished (e.g. a sweep while nobody knew it).
             self._host_ops.ensure_endpoint(ep.id, network, ep.mac)
+        self._changed(network.id)
         gateway, disable = join_gateway(network)
         return JoinReply(
             interface_name=InterfaceName(
@@ -400,6 +407,15 @@ class NetworkDriver:
         return EmptyReply()
 
     # ---- helpers ----
+
+    def _changed(self, network_id: str) -> None:
+        """Tell the name learner (asynchronous; its failure never fails the call)."""
+        if self._on_network_change is None:
+            return
+        try:
+            self._on_network_change(network_id)
+        except Exception as exc:
+            log.warning("network %s: name learner not notified: %s", short(network_id), exc)
 
     def _sync_nat(self) -> None:
         with self._nat_lock:

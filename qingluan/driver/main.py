@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 from qingluan.driver.client import DEFAULT_URL
+from qingluan.driver.learner import default_docker_host
 from qingluan.driver.service import DriverConfig, run_driver
 from qingluan.model import DatapathType
 
@@ -37,4 +38,5 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
         datapath_type=None if datapath == "auto" else DatapathType(datapath),
         underlay_address=str(address) if address else None,
         netns=str(netns) if netns else None,
+        docker_host=str(get("docker_host", default_docker_host())),
     )

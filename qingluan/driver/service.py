@@ -9,7 +9,9 @@ plugin that is down at dockerd's start stalls every container start):
    dpid, bridge and datapath type), then sweep under the guard's exclusive
    lock: re-create the plumbing of the controller's networks and endpoints of
    this host, remove qingluan-named devices/ports the controller does not
-   know, re-sync iptables.
+   know, re-sync iptables; then hand every network of this host to the name
+   learner (``qingluan.driver.learner``), which asks the local Docker API for
+   the network's and its containers' names from its own thread, later.
 
 Until step 2 has succeeded, Docker calls that touch the host wait (bounded)
 and then fail with the reason (e.g. "the qingluan controller at … is not
@@ -36,6 +38,7 @@ from qingluan.driver.handlers import IpamDriver, NetworkDriver
 from qingluan.driver.host.iptables import DEFAULT_PREFIX
 from qingluan.driver.host.plumbing import LinuxHost
 from qingluan.driver.interfaces import ControllerClient, HostOps, SweepReport
+from qingluan.driver.learner import DockerApi, NameLearner, default_docker_host
 from qingluan.driver.server import (
     PluginApp,
     ipam_driver_routes,
@@ -73,6 +76,8 @@ class DriverConfig:
     startup_wait: float = 20.0  # how long a Docker call waits for start-up to finish
     retry_max: float = 10.0  # longest pause between start-up attempts
     workers: int = 32  # concurrent Docker calls
+    # the local Docker API, asked (never inside a plugin call) for network and container names
+    docker_host: str = field(default_factory=default_docker_host)
 
     @property
     def network_socket(self) -> Path:
@@ -87,14 +92,24 @@ class Driver:
     """One host's driver: handlers, start-up sync and the plugin sockets."""
 
     def __init__(
-        self, config: DriverConfig, *, controller: ControllerClient, host_ops: HostOps
+        self,
+        config: DriverConfig,
+        *,
+        controller: ControllerClient,
+        host_ops: HostOps,
+        learner: NameLearner | None = None,
     ) -> None:
         self.config = config
         self.controller = controller
         self.host_ops = host_ops
         self.guard = HostGuard(wait_timeout=config.startup_wait)
+        self.learner = learner  # None: names are not learned (e.g. tests without Docker)
         self.network_driver = NetworkDriver(
-            host=config.host, controller=controller, host_ops=host_ops, guard=self.guard
+            host=config.host,
+            controller=controller,
+            host_ops=host_ops,
+            guard=self.guard,
+            on_network_change=learner.notify if learner is not None else None,
         )
         self.ipam_driver = IpamDriver(controller=controller)
         self.last_sweep: SweepReport | None = None
@@ -113,7 +128,10 @@ class Driver:
             datapath_type=config.datapath_type,
             underlay_address=config.underlay_address,
         )
-        return cls(config, controller=controller, host_ops=host_ops)
+        learner = NameLearner(
+            host=config.host, controller=controller, docker=DockerApi(config.docker_host)
+        )
+        return cls(config, controller=controller, host_ops=host_ops, learner=learner)
 
     # ---- start-up sync ----
 
@@ -151,6 +169,8 @@ class Driver:
             report.endpoints_missing,
             report.errors,
         )
+        if self.learner is not None:  # only enqueues: names of networks made before, or renamed
+            self.learner.notify_many(n.id for n in networks)
         return report
 
     def sync_until_ready(self) -> None:
@@ -194,6 +214,8 @@ class Driver:
                 handled.append(sig)
         executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="ql-call")
         syncer = threading.Thread(target=self.sync_until_ready, name="ql-startup", daemon=True)
+        if self.learner is not None:
+            self.learner.start()
         try:
             await serve_plugins(self.apps(executor), stop, ready=syncer.start)
         finally:
@@ -203,6 +225,8 @@ class Driver:
             executor.shutdown(wait=False, cancel_futures=True)
             if syncer.is_alive():
                 syncer.join(timeout=5)
+            if self.learner is not None:
+                self.learner.stop(timeout=5)
             log.info("driver stopped")
 
 
