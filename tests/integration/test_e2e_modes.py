@@ -263,3 +263,25 @@ def test_seed_network_names_are_unique_per_docker(
     err = host.docker_fails("network", "create", *QL, *SEED["nat1"], "nat1")
     assert "already exists" in err
     assert ip_of(host, "nat1-a") == seed["nat1"][0]
+
+
+def test_ip_range_aux_address_and_given_ip(host: SimHost, seed: dict[str, list[str]]) -> None:
+    create_network(
+        host, "rng", "--opt", "model=nat", "--ipam-opt", "pool=nat",
+        "--subnet", "192.168.3.0/24", "--ip-range", "192.168.3.128/28",
+        "--aux-address", "reserved=192.168.3.128",
+    )  # fmt: skip
+    try:
+        first = run_sleeper(host, "rng-a", "rng")
+        second = run_sleeper(host, "rng-b", "rng")
+        given = run_sleeper(host, "rng-c", "rng", "--ip", "192.168.3.5")  # outside the range
+        in_range = ipaddress.IPv4Network("192.168.3.128/28")
+        assert (
+            ipaddress.IPv4Address(first) in in_range and ipaddress.IPv4Address(second) in in_range
+        )
+        assert "192.168.3.128" not in (first, second), "the aux address is reserved"
+        assert given == "192.168.3.5"
+        assert pings(host, "rng-c", first) and pings(host, "rng-a", given)
+    finally:
+        host.docker("rm", "-f", "rng-a", "rng-b", "rng-c")
+        host.docker("network", "rm", "rng")
