@@ -138,8 +138,12 @@ class OvsInstance:
         *,
         netns: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        userspace_tso: bool = False,
     ) -> None:
+        """``userspace_tso``: set ``other_config:userspace-tso-enable=true`` before
+        ovs-vswitchd first starts (it is read at start; restarts keep it)."""
         self._own_workdir = workdir is None
+        self.userspace_tso = userspace_tso
         self.root = Path(workdir or tempfile.mkdtemp(prefix="qlt-ovs-"))
         self.netns = netns
         self.timeout = timeout
@@ -217,6 +221,10 @@ class OvsInstance:
             )
             wait_until(self.sock.exists, self.timeout, "ovsdb-server socket")
             self.vsctl("init", wait=False)
+            if self.userspace_tso:
+                self.vsctl(
+                    "set", "Open_vSwitch", ".", "other_config:userspace-tso-enable=true", wait=False
+                )
             self.start_vswitchd()
         except BaseException:
             self.stop()

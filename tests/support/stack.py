@@ -71,10 +71,11 @@ def veth_into(ns: Netns, root_dev: str, ns_dev: str) -> None:
 class SimHost:
     """One simulated Docker host: namespace, OVS, dockerd and the qingluan driver."""
 
-    def __init__(self, stack: Stack, name: str, index: int) -> None:
+    def __init__(self, stack: Stack, name: str, index: int, *, userspace_tso: bool = False) -> None:
         self.stack = stack
         self.name = name
         self.index = index
+        self.userspace_tso = userspace_tso
         self.workdir = stack.workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.netns = Netns(f"qle-{stack.tag}-{name}")
@@ -92,7 +93,7 @@ class SimHost:
         self._link_management()
         self._link_outside()
         # default work dir: a short /tmp path (unix socket paths are limited to 108 bytes)
-        self.ovs = OvsInstance(netns=self.netns.name).start()
+        self.ovs = OvsInstance(netns=self.netns.name, userspace_tso=self.userspace_tso).start()
         self.dockerd = IsolatedDockerd(netns=self.netns.name)
         self.start_driver()
         self.dockerd.start()
@@ -137,6 +138,8 @@ class SimHost:
             f"unix:{self.ovs.sock}",
             "--plugin-dir",
             str(self.dockerd.plugin_dir),
+            "--docker-host",
+            self.dockerd.host,
             "--datapath",
             "netdev",
             "--log-level",
@@ -208,7 +211,14 @@ class SimHost:
 class Stack:
     """The controller plus simulated hosts; see the module docstring."""
 
-    def __init__(self, workdir: Path, host_names: tuple[str, ...] = ("h1",)) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        host_names: tuple[str, ...] = ("h1",),
+        *,
+        userspace_tso: bool = False,
+    ) -> None:
+        """``userspace_tso``: every host's OVS starts with userspace TSO enabled."""
         self.workdir = workdir
         self.tag = secrets.token_hex(3)
         self.mgmt_net = _free_management_subnet()
@@ -219,7 +229,9 @@ class Stack:
         self.state_dir = workdir / "controller"
         self.token_file = self.state_dir / "token"
         self.controller: Proc | None = None
-        self.hosts = [SimHost(self, name, i) for i, name in enumerate(host_names)]
+        self.hosts = [
+            SimHost(self, name, i, userspace_tso=userspace_tso) for i, name in enumerate(host_names)
+        ]
 
     @property
     def api_url(self) -> str:

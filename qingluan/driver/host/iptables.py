@@ -170,7 +170,8 @@ def _forward(nat: Sequence[Network], isolated: Sequence[Network]) -> list[Rule]:
 # connections that a published port DNATed (or their replies) may reach
 # 127.0.0.0/8 from a qingluan device (the kube-proxy CVE-2020-8558 guard).
 LOCALHOST_GUARD: Rule = (
-    "-d", "127.0.0.0/8", "!", "-s", "127.0.0.0/8", "-i", f"{names.PREFIX}+",
+    # in the order `iptables -S` prints it, so that an unchanged chain compares equal
+    "!", "-s", "127.0.0.0/8", "-d", "127.0.0.0/8", "-i", f"{names.PREFIX}+",
     "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
     "-m", "comment", "--comment", "qingluan-localhost-guard", "-j", "DROP",
 )  # fmt: skip

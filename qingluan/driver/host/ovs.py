@@ -26,6 +26,23 @@ ENDPOINT_KEY = "qingluan-endpoint"
 NETWORK_KEY = "qingluan-network"
 
 DEFAULT_MAX_BACKOFF_MS = 1000
+USERSPACE_TSO_KEY = "userspace-tso-enable"
+
+
+def parse_ovs_bool(raw: str, default: bool = False) -> bool:
+    """An ``other_config`` value as ovs-vswitchd reads it (``smap_get_bool``).
+
+    ``raw`` is what ``ovs-vsctl --if-exists get`` prints: empty for a missing
+    key, else the value, quoted when it is not a bare word. With a false
+    default only ``true`` (any case) is true, as in OVS; with a true default
+    only ``false`` is false.
+    """
+    value = raw.strip().strip('"').strip()
+    if not value:
+        return default
+    if default:
+        return value.lower() != "false"
+    return value.lower() == "true"
 
 
 def detect_datapath_type(sys_module: Path = Path("/sys/module/openvswitch")) -> DatapathType:
@@ -85,6 +102,22 @@ class Ovs:
             {h: _decode(v) for h, v in zip(doc["headings"], row, strict=True)}
             for row in doc["data"]
         ]
+
+    # ---- the switch ----
+
+    def userspace_tso_enabled(self) -> bool:
+        """``other_config:userspace-tso-enable`` of the ``Open_vSwitch`` record (missing: false).
+
+        This is the database value. ovs-vswitchd (3.1) turns userspace TSO on
+        as soon as it sees the key true and can only turn it off again by a
+        restart, so true here means "on" (for every port opened since); false
+        may still mean "on" after a key reset without a restart, which is the
+        safe direction for the caller (it then keeps TX offloads off).
+        """
+        out = self.vsctl(
+            "--if-exists", "get", "Open_vSwitch", ".", f"other_config:{USERSPACE_TSO_KEY}"
+        )
+        return parse_ovs_bool(out)
 
     # ---- the bridge ----
 
