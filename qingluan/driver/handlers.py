@@ -341,8 +341,10 @@ class NetworkDriver:
                 raise NotFound(
                     f"endpoint {short(req.endpoint_id)} is not known to the qingluan controller"
                 )
-            # Re-creates the pair if it vanished (e.g. a sweep while nobody knew it).
-            self._host_ops.ensure_endpoint(ep.id, network, ep.mac)
+            # CreateEndpoint made the pair just before; re-create it only if it
+            # vanished since (e.g. a sweep while nobody knew it).
+            if not self._host_ops.endpoint_plumbed(ep.id):
+                self._host_ops.ensure_endpoint(ep.id, network, ep.mac)
         self._changed(network.id)
         gateway, disable = join_gateway(network)
         return JoinReply(
@@ -377,6 +379,8 @@ class NetworkDriver:
             current = next((e for e in endpoints if e.id == req.endpoint_id), None)
             if current is None:
                 raise NotFound(f"endpoint {short(req.endpoint_id)} is not known")
+            if not mappings and not current.port_mappings:
+                return EmptyReply()  # nothing published, nothing to revoke: no iptables work
             clash = port_conflict(req.endpoint_id, mappings, endpoints)
             if clash:
                 raise Conflict(clash)

@@ -114,6 +114,11 @@ class HostOps(Protocol):
 
     def remove_endpoint(self, endpoint_id: str) -> None: ...
 
+    def endpoint_plumbed(self, endpoint_id: str) -> bool:
+        """Both ends of the endpoint's veth are still in this namespace (a cheap
+        netlink look-up: Join only re-creates the pair if it vanished)."""
+        ...
+
     def sync_nat(self, networks: Sequence[Network], endpoints: Sequence[Endpoint]) -> bool:
         """Make qingluan's iptables chains exactly what these networks and
         endpoints need; True if anything changed."""

@@ -242,6 +242,9 @@ class FakeHost:
         self._call("remove_endpoint", endpoint_id)
         self.veths.pop(endpoint_id, None)
 
+    def endpoint_plumbed(self, endpoint_id: str) -> bool:
+        return endpoint_id in self.veths
+
     def sync_nat(self, networks: Sequence[Network], endpoints: Sequence[Endpoint]) -> bool:
         self._call("sync_nat", None)
         self.nat = (
@@ -681,6 +684,14 @@ def test_join_recreates_a_missing_pair(drv, ipam, host):
     assert EP in host.veths
 
 
+def test_join_does_no_plumbing_when_the_pair_is_there(drv, ipam, host):
+    docker_create_network(ipam, drv, model="nat")
+    drv.create_endpoint(create_endpoint_req())
+    before = list(host.calls)
+    drv.join(join_req())
+    assert host.calls == before, "Join must not redo CreateEndpoint's work"
+
+
 # ---- port publishing -------------------------------------------------------------------
 
 
@@ -860,3 +871,14 @@ def test_guard_excludes_calls_during_the_sweep():
     t.join(2)
     c.join(2)
     assert inside == ["sweep-start", "sweep-end", "call"]
+
+
+def test_program_external_connectivity_without_ports_touches_no_iptables(drv, ipam, ctl, host):
+    docker_create_network(ipam, drv, model="nat")
+    drv.create_endpoint(create_endpoint_req())
+    syncs = [c for c in host.calls if c[0] == "sync_nat"]
+    drv.program_external_connectivity(program_req())
+    assert [c for c in host.calls if c[0] == "sync_nat"] == syncs
+    # publishing later still works
+    drv.program_external_connectivity(program_req(tcp(8080)))
+    assert len([c for c in host.calls if c[0] == "sync_nat"]) == len(syncs) + 1

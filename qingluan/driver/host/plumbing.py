@@ -254,6 +254,12 @@ class LinuxHost:
             undo.pop_all()
         return port
 
+    def endpoint_plumbed(self, endpoint_id: str) -> bool:
+        return (
+            self.links.get(names.endpoint_port(endpoint_id)) is not None
+            and self.links.get(names.endpoint_peer(endpoint_id)) is not None
+        )
+
     def remove_endpoint(self, endpoint_id: str) -> None:
         port = names.endpoint_port(endpoint_id)
         self.ovs.del_port(self._bridge, port)
