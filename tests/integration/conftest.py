@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,14 +20,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         raise pytest.UsageError("the integration tests need root (namespaces, OVS, dockerd)")
 
 
+@contextlib.contextmanager
+def running_stack(prefix: str = "qle2e-", **options: Any) -> Iterator[Stack]:
+    """A started Stack in a fresh work directory, closed and removed afterwards.
+
+    Set QINGLUAN_KEEP_TEST_LOGS=1 to keep the directory (controller and driver logs).
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        s = Stack(workdir, **options).start()
+        try:
+            yield s
+        finally:
+            s.close()
+    finally:
+        if not os.environ.get("QINGLUAN_KEEP_TEST_LOGS"):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    workdir = Path(tempfile.mkdtemp(prefix="qle2e-"))
-    s = Stack(workdir).start()
-    try:
+    with running_stack() as s:
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from qingluan import names
-from tests.integration.conftest import create_network, ip_of
+from tests.integration.conftest import create_network, ip_of, running_stack
 from tests.integration.test_e2e_modes import WHOAMI_HTTPD, http_get
 from tests.support.proc import wait_until
 from tests.support.stack import OUTSIDE_HOST_IP, OUTSIDE_IP, SimHost, Stack
@@ -32,12 +31,8 @@ IPERF3 = "qingluan/iperf3"
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tso-on", "tso-off"])
 def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
-    workdir = Path(tempfile.mkdtemp(prefix="qletso-"))
-    s = Stack(workdir, userspace_tso=request.param).start()
-    try:
+    with running_stack("qletso-", userspace_tso=request.param) as s:
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture(scope="module")
