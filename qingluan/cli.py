@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     drv.add_argument("--chain-prefix", default="QINGLUAN", help="prefix of iptables chains")
     drv.add_argument("--datapath", choices=("auto", "system", "netdev"), default="auto")
     drv.add_argument(
+        "--resync-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="repeat the host sync (bridge, sweep, iptables) this often; 0: only at start",
+    )
+    drv.add_argument(
         "--docker-host",
         default=None,
         metavar="unix://PATH",

@@ -39,4 +39,5 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
         underlay_address=str(address) if address else None,
         netns=str(netns) if netns else None,
         docker_host=str(get("docker_host", default_docker_host())),
+        resync_interval=float(str(get("resync_interval", defaults.resync_interval))),
     )

@@ -13,6 +13,10 @@ plugin that is down at dockerd's start stalls every container start):
    learner (``qingluan.driver.learner``), which asks the local Docker API for
    the network's and its containers' names from its own thread, later.
 
+After that the same sync repeats every ``resync_interval`` seconds, so that
+plumbing removed behind the driver's back (a gateway device, an OVS port, an
+iptables chain) comes back while the driver runs.
+
 Until step 2 has succeeded, Docker calls that touch the host wait (bounded)
 and then fail with the reason (e.g. "the qingluan controller at … is not
 reachable"); IPAM calls go to the controller directly. Stopping removes the
@@ -75,6 +79,9 @@ class DriverConfig:
     controller_timeout: float = 10.0
     startup_wait: float = 20.0  # how long a Docker call waits for start-up to finish
     retry_max: float = 10.0  # longest pause between start-up attempts
+    # after start-up, repeat the sync (bridge, registration, sweep, iptables) this often, so
+    # that plumbing removed behind the driver's back comes back; 0: only at start-up
+    resync_interval: float = 60.0
     workers: int = 32  # concurrent Docker calls
     # the local Docker API, asked (never inside a plugin call) for network and container names
     docker_host: str = field(default_factory=default_docker_host)
@@ -188,7 +195,21 @@ class Driver:
                 continue
             self.guard.set_ready()
             log.info("driver ready")
-            return
+            break
+        self.resync_forever()
+
+    def resync_forever(self) -> None:
+        """Repeat ``sync_once`` every ``resync_interval`` s; failures are logged, not fatal."""
+        interval = self.config.resync_interval
+        while interval > 0 and not self._stopping.wait(interval):
+            try:
+                report = self.sync_once()
+            except Exception as exc:
+                reason = exc.message if isinstance(exc, QingluanError) else repr(exc)
+                log.warning("periodic resync failed (%s); next in %.0f s", reason, interval)
+                continue
+            if report.links_removed or report.ports_removed or report.nat_changed:
+                log.info("periodic resync changed the host's plumbing")
 
     # ---- serving ----
 

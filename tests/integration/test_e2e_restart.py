@@ -203,3 +203,25 @@ def test_nothing_listens_for_published_ports_after_all_restarts(
     # published through DNAT only, before and after every restart above
     assert ":8088" not in host.sh("ss", "-Hltn")
     assert "--dport 8088" in host.sh("iptables-save", "-t", "nat")
+
+
+def test_plumbing_removed_behind_the_running_driver_comes_back(
+    stack: Stack, host: SimHost, pair: tuple[str, str]
+) -> None:
+    before = state(host, stack)
+    network_id = host.docker("network", "inspect", "-f", "{{.Id}}", "rs")
+    gateway_dev = "qlg" + network_id[:12]
+    gateway_ip = pair[0].rsplit(".", 1)[0] + ".1"
+    host.sh("ip", "link", "del", gateway_dev)  # takes its bridge end with it
+    host.sh("iptables", "-t", "nat", "-F", "QINGLUAN-PREROUTING")
+    assert not pings(host, "rs-a", gateway_ip)
+    wait_until(lambda: gateway_dev in host.links(), 30, "the driver's resync to repair it")
+    wait_until(lambda: pings(host, "rs-a", gateway_ip), 15, "the gateway to answer again")
+    wait_until(
+        lambda: "--dport 8088" in host.sh("iptables-save", "-t", "nat"), 15, "the DNAT rules"
+    )
+    after = state(host, stack)
+    for key in ("links", "ports", "nat", "status"):
+        assert _normalise(after[key]) == _normalise(before[key]), key
+    # the re-created gateway port has a new OpenFlow number: same flows, renumbered
+    assert len(after["flows"]) == len(before["flows"])  # type: ignore[arg-type]

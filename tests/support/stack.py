@@ -142,6 +142,8 @@ class SimHost:
             self.dockerd.host,
             "--datapath",
             "netdev",
+            "--resync-interval",
+            "3",
             "--log-level",
             "info",
         ]

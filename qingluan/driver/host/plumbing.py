@@ -202,13 +202,30 @@ class LinuxHost:
             if self.links.get(dev) is not None:
                 self.tuning.tx_offload_off(dev)
 
+    def _attach(
+        self, port: str, external_ids: dict[str, str], created: bool, undo: contextlib.ExitStack
+    ) -> None:
+        """Put ``port`` on the bridge. A port whose device was just re-created (it
+        vanished behind our back) is detached first: OVS still holds the old
+        device under that name and would not open the new one."""
+        on_bridge = port in self.ovs.port_names(self._bridge)
+        if on_bridge and created:
+            self.ovs.del_port(self._bridge, port)
+            on_bridge = False
+        if not on_bridge:
+            undo.callback(self._silently, self.ovs.del_port, self._bridge, port)
+        self.ovs.add_port(self._bridge, port, external_ids)
+
     # ---- gateways ----
 
     def ensure_gateway(self, network: Network) -> None:
         dev, port = names.gateway_dev(network.id), names.gateway_port(network.id)
         prefix = ipaddress.IPv4Network(network.subnet).prefixlen
         with contextlib.ExitStack() as undo:
-            if self.links.ensure_veth(port, dev, mtu=network.mtu, peer_mac=network.gateway_mac):
+            created = self.links.ensure_veth(
+                port, dev, mtu=network.mtu, peer_mac=network.gateway_mac
+            )
+            if created:
                 undo.callback(self._silently, self.links.delete, port)
             self._offloads(port, dev, tunnelled=is_tunnelled(network))
             self._quiet(port)
@@ -216,9 +233,7 @@ class LinuxHost:
             self.links.set_addresses(dev, [f"{network.gateway}/{prefix}"])
             self.links.set(port, up=True)
             self.links.set(dev, up=True)
-            if port not in self.ovs.port_names(self._bridge):
-                undo.callback(self._silently, self.ovs.del_port, self._bridge, port)
-            self.ovs.add_port(self._bridge, port, {OWNER_KEY: OWNER, NETWORK_KEY: network.id})
+            self._attach(port, {OWNER_KEY: OWNER, NETWORK_KEY: network.id}, created, undo)
             if network.model is NetworkModel.NAT and not network.internal:
                 self.tuning.sysctl("net.ipv4.ip_forward", "1")
                 self.tuning.sysctl(f"net.ipv4.conf.{dev}.route_localnet", "1")
@@ -235,7 +250,8 @@ class LinuxHost:
     def ensure_endpoint(self, endpoint_id: str, network: Network, mac: str) -> str:
         port, peer = names.endpoint_port(endpoint_id), names.endpoint_peer(endpoint_id)
         with contextlib.ExitStack() as undo:
-            if self.links.ensure_veth(port, peer, mtu=network.mtu, peer_mac=mac):
+            created = self.links.ensure_veth(port, peer, mtu=network.mtu, peer_mac=mac)
+            if created:
                 undo.callback(self._silently, self.links.delete, port)
             self._offloads(port, peer, tunnelled=is_tunnelled(network))
             self._quiet(port)
@@ -244,12 +260,11 @@ class LinuxHost:
                 # container's replies enter: needed for -p via 127.0.0.1
                 self.tuning.sysctl(f"net.ipv4.conf.{port}.route_localnet", "1")
             self.links.set(port, up=True)
-            if port not in self.ovs.port_names(self._bridge):
-                undo.callback(self._silently, self.ovs.del_port, self._bridge, port)
-            self.ovs.add_port(
-                self._bridge,
+            self._attach(
                 port,
                 {OWNER_KEY: OWNER, ENDPOINT_KEY: endpoint_id, NETWORK_KEY: network.id},
+                created,
+                undo,
             )
             undo.pop_all()
         return port
