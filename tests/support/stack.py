@@ -28,6 +28,7 @@ import httpx
 
 from tests.support.dockerd import DockerCommandError, IsolatedDockerd
 from tests.support.image import ensure_images
+from tests.support.lan import Lan
 from tests.support.ovs import Netns, OvsInstance
 from tests.support.proc import Proc, free_port, run
 
@@ -92,6 +93,8 @@ class SimHost:
         self.netns.create()
         self._link_management()
         self._link_outside()
+        if self.stack.lan is not None:
+            self.stack.lan.attach(self.netns, "eth1", f"p-{self.name}")
         # default work dir: a short /tmp path (unix socket paths are limited to 108 bytes)
         self.ovs = OvsInstance(netns=self.netns.name, userspace_tso=self.userspace_tso).start()
         self.dockerd = IsolatedDockerd(netns=self.netns.name)
@@ -219,8 +222,11 @@ class Stack:
         host_names: tuple[str, ...] = ("h1",),
         *,
         userspace_tso: bool = False,
+        lan: bool = False,
     ) -> None:
-        """``userspace_tso``: every host's OVS starts with userspace TSO enabled."""
+        """``userspace_tso``: every host's OVS starts with userspace TSO enabled.
+        ``lan``: a simulated physical LAN (tests/support/lan.py) with every host's
+        ``eth1`` on it, for the cross-host modes."""
         self.workdir = workdir
         self.tag = secrets.token_hex(3)
         self.mgmt_net = _free_management_subnet()
@@ -231,6 +237,7 @@ class Stack:
         self.state_dir = workdir / "controller"
         self.token_file = self.state_dir / "token"
         self.controller: Proc | None = None
+        self.lan = Lan(self.tag) if lan else None
         self.hosts = [
             SimHost(self, name, i, userspace_tso=userspace_tso) for i, name in enumerate(host_names)
         ]
@@ -249,6 +256,8 @@ class Stack:
             prefix = self.mgmt_net.prefixlen
             run(["ip", "addr", "add", f"{self.mgmt_ip}/{prefix}", "dev", self.mgmt_bridge])
             run(["ip", "link", "set", self.mgmt_bridge, "up"])
+            if self.lan is not None:
+                self.lan.start()
             self.start_controller()
             for host in self.hosts:
                 host.start()
@@ -292,6 +301,8 @@ class Stack:
             host.close()
         if self.controller is not None:
             self.controller.stop()
+        if self.lan is not None:
+            self.lan.close()
         run(["ip", "link", "del", self.mgmt_bridge], check=False)
 
     # ---- REST helpers ----
