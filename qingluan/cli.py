@@ -131,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     drv.add_argument("--chain-prefix", default="QINGLUAN", help="prefix of iptables chains")
     drv.add_argument("--datapath", choices=("auto", "system", "netdev"), default="auto")
     drv.add_argument(
+        "--uplink",
+        action="append",
+        default=[],
+        metavar="PHYSNET:NIC",
+        help="host NIC of a physical network for flat networks, e.g. physnet1:eth1 "
+        "(repeatable; never the NIC of the default route)",
+    )
+    drv.add_argument(
         "--resync-interval",
         type=float,
         default=60.0,

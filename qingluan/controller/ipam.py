@@ -349,6 +349,19 @@ def check_network(network: Network, pool: Pool, networks: Sequence[Network]) -> 
     or VNI names one network per host, and the same subnet on every host.
     """
     others = [n for n in networks if n.id != network.id]
+    uplink = network.options.get("uplink")
+    if network.model is NetworkModel.FLAT and uplink:
+        for other in others:
+            if (
+                other.model is NetworkModel.FLAT
+                and other.host == network.host
+                and other.options.get("uplink") == uplink
+            ):
+                raise Conflict(
+                    f"host {network.host} already has flat network {network_label(other)} "
+                    f"on {uplink}: untagged traffic of one NIC is one network "
+                    "(use another NIC, or a vlan network)"
+                )
     label = _SEGMENT_LABEL.get(network.model)
     if label is not None and network.vni is not None:
         for other in others:

@@ -33,7 +33,7 @@ import contextlib
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from pydantic import ValidationError
@@ -43,6 +43,8 @@ from qingluan.api_schema import MTU_MIN, EndpointCreate, EndpointUpdate, Network
 from qingluan.driver.guard import HostGuard, KeyedLocks
 from qingluan.driver.interfaces import ControllerClient, HostOps
 from qingluan.driver.protocol import (
+    PHYSNET_OPTION,
+    UPLINK_OPTION,
     AddressSpacesReply,
     AllocateNetworkReply,
     AllocateNetworkRequest,
@@ -77,6 +79,7 @@ from qingluan.driver.protocol import (
     strip_prefix,
     validation_message,
 )
+from qingluan.driver.uplinks import DEFAULT_PHYSNET, physnet_problem
 from qingluan.errors import (
     Conflict,
     Exhausted,
@@ -159,9 +162,11 @@ class NetworkDriver:
         controller: ControllerClient,
         host_ops: HostOps,
         guard: HostGuard | None = None,
+        uplinks: Mapping[str, str] | None = None,
         on_network_change: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
+        self._uplinks = dict(uplinks or {})  # physnet -> NIC (--uplink PHYSNET:NIC)
         self._controller = controller
         self._host_ops = host_ops
         self._guard = guard or HostGuard(ready=True)
@@ -199,6 +204,11 @@ class NetworkDriver:
         ipv4 = single_ipv4_data(req)
         with self._hold(req.network_id):
             pool_id = self._pool_for(ipv4.pool, req.network_id)
+            extra = dict(opts.extra)
+            uplink: tuple[str, str] | None = None
+            if opts.model is NetworkModel.FLAT:
+                uplink = self._flat_uplink(extra)  # before the PUT: a refusal changes nothing
+                extra[PHYSNET_OPTION], extra[UPLINK_OPTION] = uplink
             mtu = opts.mtu
             if mtu is None and opts.model is NetworkModel.VXLAN:
                 underlay = self._host_ops.underlay_mtu()
@@ -212,7 +222,7 @@ class NetworkDriver:
                     mtu=mtu,
                     internal=opts.internal,
                     vni=opts.vni,
-                    options=opts.extra,
+                    options=extra,
                 )
             except ValidationError as exc:
                 raise InvalidRequest(validation_message(exc)) from None
@@ -223,6 +233,8 @@ class NetworkDriver:
                     self._undo("delete network", self._controller.delete_network, req.network_id)
                 raise
             try:
+                if uplink is not None:
+                    self._host_ops.ensure_uplink(*uplink)
                 if has_gateway_dev(network):
                     self._host_ops.ensure_gateway(network)
                 self._sync_nat()
@@ -243,6 +255,25 @@ class NetworkDriver:
         self._changed(network.id)
         return EmptyReply()
 
+    def _flat_uplink(self, extra: Mapping[str, str]) -> tuple[str, str]:
+        """(physnet, NIC) of a flat network from ``--opt physnet=`` and this host's uplinks."""
+        if UPLINK_OPTION in extra:
+            raise InvalidRequest(
+                f"--opt {UPLINK_OPTION} is set by the driver from its --uplink flag: "
+                f"pick the physical network with --opt {PHYSNET_OPTION}=NAME"
+            )
+        physnet = extra.get(PHYSNET_OPTION, "").strip() or DEFAULT_PHYSNET
+        problem = physnet_problem(physnet)
+        if problem:
+            raise InvalidRequest(f"--opt {PHYSNET_OPTION}={physnet}: {problem}")
+        nic = self._uplinks.get(physnet)
+        if nic is None:
+            raise InvalidRequest(
+                f"host {self.host} has no uplink for physical network {physnet}: "
+                f"start qingluan driver with --uplink {physnet}:<nic>"
+            )
+        return physnet, nic
+
     def _pool_for(self, subnet: str, network_id: str) -> str:
         """The PoolID of ``subnet`` (CreateNetwork does not carry it; subnets are unique)."""
         want = ipaddress.IPv4Network(subnet)
@@ -256,6 +287,8 @@ class NetworkDriver:
         return matches[0].id
 
     def delete_network(self, req: NetworkRequest) -> EmptyReply:
+        # A flat network's uplink NIC stays on the bridge: other flat networks of the same
+        # physical network may use it, and attaching it again is all a next one needs.
         with self._hold(req.network_id):
             self._controller.delete_network(req.network_id)
             self._host_ops.remove_gateway(req.network_id)

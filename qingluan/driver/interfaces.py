@@ -77,6 +77,7 @@ class SweepReport:
     """What the startup sweep did (for the log and for tests)."""
 
     gateways_ensured: list[str] = field(default_factory=list)
+    uplinks_ensured: list[str] = field(default_factory=list)
     endpoints_reattached: list[str] = field(default_factory=list)
     endpoints_missing: list[str] = field(default_factory=list)
     links_removed: list[str] = field(default_factory=list)
@@ -105,6 +106,12 @@ class HostOps(Protocol):
         ...
 
     def remove_gateway(self, network_id: str) -> None: ...
+
+    def ensure_uplink(self, physnet: str, nic: str) -> None:
+        """The host NIC of a physical network (flat) on the bridge as port ``nic``, with
+        ``qingluan-owner``/``qingluan-uplink=<physnet>`` external_ids. Refuses a NIC that
+        does not exist or carries the default route. Never removed by the driver."""
+        ...
 
     def ensure_endpoint(self, endpoint_id: str, network: Network, mac: str) -> str:
         """The endpoint veth: ``qlv…`` on the bridge (with ownership external_ids),

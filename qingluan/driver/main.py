@@ -10,13 +10,15 @@ from pathlib import Path
 from qingluan.driver.client import DEFAULT_URL
 from qingluan.driver.learner import default_docker_host
 from qingluan.driver.service import DriverConfig, run_driver
+from qingluan.driver.uplinks import parse_uplinks
 from qingluan.model import DatapathType
 
 __all__ = ["DriverConfig", "config_from_args", "run_driver"]
 
 
 def config_from_args(args: argparse.Namespace) -> DriverConfig:
-    """A ``DriverConfig`` from the CLI's parsed flags; absent flags keep the defaults."""
+    """A ``DriverConfig`` from the CLI's parsed flags; absent flags keep the defaults.
+    A malformed ``--uplink`` exits with the reason."""
     defaults = DriverConfig(host="-")
 
     def get(name: str, default: object) -> object:
@@ -26,6 +28,10 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
     datapath = str(get("datapath", "auto"))
     netns = getattr(args, "netns", None)
     address = getattr(args, "underlay_address", None)
+    try:
+        uplinks = parse_uplinks(getattr(args, "uplink", None) or [])
+    except ValueError as exc:
+        raise SystemExit(f"qingluan driver: {exc}") from None
     return DriverConfig(
         host=str(get("host_name", socket.gethostname())),
         controller_url=str(get("controller", os.environ.get("QINGLUAN_CONTROLLER") or DEFAULT_URL)),
@@ -40,4 +46,5 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
         netns=str(netns) if netns else None,
         docker_host=str(get("docker_host", default_docker_host())),
         resync_interval=float(str(get("resync_interval", defaults.resync_interval))),
+        uplinks=uplinks,
     )

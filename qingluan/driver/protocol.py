@@ -49,6 +49,10 @@ GATEWAY_ADDRESS_TYPE = "com.docker.network.gateway"
 MODEL_OPTION = "model"
 VNI_OPTION = "vni"
 POOL_OPTION = "pool"
+PHYSNET_OPTION = "physnet"  # flat: which physical network (driver's --uplink PHYSNET:NIC)
+# flat: set by the driver (never by the user) to the uplink NIC, which is also its OVS port
+# name; the controller's pipeline reads Network.options["uplink"]
+UPLINK_OPTION = "uplink"
 
 DEFAULT_MODEL = NetworkModel.NAT
 DEFAULT_POOL = "nat"

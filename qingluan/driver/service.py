@@ -85,6 +85,8 @@ class DriverConfig:
     workers: int = 32  # concurrent Docker calls
     # the local Docker API, asked (never inside a plugin call) for network and container names
     docker_host: str = field(default_factory=default_docker_host)
+    # physical network -> host NIC (also its OVS port name), from --uplink PHYSNET:NIC
+    uplinks: dict[str, str] = field(default_factory=dict)
 
     @property
     def network_socket(self) -> Path:
@@ -116,6 +118,7 @@ class Driver:
             controller=controller,
             host_ops=host_ops,
             guard=self.guard,
+            uplinks=config.uplinks,
             on_network_change=learner.notify if learner is not None else None,
         )
         self.ipam_driver = IpamDriver(controller=controller)

@@ -147,6 +147,7 @@ class SimHost:
             "netdev",
             "--resync-interval",
             "3",
+            *(["--uplink", "physnet1:eth1"] if self.stack.lan is not None else []),
             "--log-level",
             "info",
         ]

@@ -200,6 +200,7 @@ class FakeHost:
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
         self.gateways: dict[str, Network] = {}
+        self.uplinks: dict[str, str] = {}  # NIC -> physnet (on the bridge)
         self.veths: dict[str, str] = {}  # endpoint id -> mac
         self.nat: tuple[list[str], dict[str, tuple[PortMapping, ...]]] | None = None
         self.fail: dict[str, QingluanError] = {}
@@ -232,6 +233,10 @@ class FakeHost:
     def remove_gateway(self, network_id: str) -> None:
         self._call("remove_gateway", network_id)
         self.gateways.pop(network_id, None)
+
+    def ensure_uplink(self, physnet: str, nic: str) -> None:
+        self._call("ensure_uplink", (physnet, nic))
+        self.uplinks[nic] = physnet
 
     def ensure_endpoint(self, endpoint_id: str, network: Network, mac: str) -> str:
         self._call("ensure_endpoint", (endpoint_id, mac))
@@ -271,9 +276,12 @@ def host() -> FakeHost:
     return FakeHost()
 
 
+UPLINKS = {"physnet1": "eth1"}
+
+
 @pytest.fixture
 def drv(ctl: FakeController, host: FakeHost) -> NetworkDriver:
-    return NetworkDriver(host=HOST, controller=ctl, host_ops=host)
+    return NetworkDriver(host=HOST, controller=ctl, host_ops=host, uplinks=UPLINKS)
 
 
 @pytest.fixture
@@ -425,6 +433,78 @@ def test_create_network_with_user_subnet_finds_its_pool(drv, ipam, ctl):
 def test_gateway_device_only_for_nat_and_nonat(drv, ipam, host, generic, gateway_dev):
     docker_create_network(ipam, drv, pool="x", **generic)
     assert (NET in host.gateways) is gateway_dev
+
+
+SEED_FLAT = {"model": "flat"}  # --opt model=flat --ipam-opt pool=flat --subnet ... --gateway ...
+
+
+def test_flat_network_carries_physnet_and_uplink(drv, ipam, ctl, host):
+    docker_create_network(ipam, drv, pool="flat", subnet="192.168.159.0/24", **SEED_FLAT)
+    body = next(arg for name, arg in ctl.calls if name == "create_network")
+    assert isinstance(body, NetworkCreate)
+    assert body.model is NetworkModel.FLAT
+    assert body.options == {"physnet": "physnet1", "uplink": "eth1"}
+    assert ctl.networks[NET].options["uplink"] == "eth1"  # the pipeline's OVS port name
+    assert host.uplinks == {"eth1": "physnet1"}
+    assert "ensure_gateway" not in host.names()  # the LAN's router is the gateway
+
+
+def test_flat_uplink_is_shared_and_stays(ctl, host, ipam):
+    drv = NetworkDriver(
+        host=HOST, controller=ctl, host_ops=host, uplinks={**UPLINKS, "lan2": "eth2"}
+    )
+    docker_create_network(ipam, drv, pool="flat", subnet="192.168.159.0/24", **SEED_FLAT)
+    docker_create_network(
+        ipam, drv, NET2, pool="flat", subnet="192.168.160.0/24", model="flat", physnet="lan2"
+    )
+    docker_create_network(ipam, drv, pool="flat", subnet="192.168.159.0/24", **SEED_FLAT)
+    assert ctl.networks[NET2].options == {"physnet": "lan2", "uplink": "eth2"}
+    assert host.names().count("ensure_uplink") == 3
+    drv.delete_network(p.NetworkRequest.model_validate({"NetworkID": NET}))
+    assert host.uplinks == {"eth1": "physnet1", "eth2": "lan2"}  # never detached
+
+
+@pytest.mark.parametrize(
+    ("uplinks", "generic", "physnet"),
+    [
+        ({}, {}, "physnet1"),
+        (UPLINKS, {"physnet": "physnet2"}, "physnet2"),
+    ],
+)
+def test_flat_without_uplink_changes_nothing(ctl, host, ipam, uplinks, generic, physnet):
+    drv = NetworkDriver(host=HOST, controller=ctl, host_ops=host, uplinks=uplinks)
+    with pytest.raises(InvalidRequest) as err:
+        docker_create_network(
+            ipam, drv, pool="flat", subnet="192.168.159.0/24", model="flat", **generic
+        )
+    assert err.value.message == (
+        f"host {HOST} has no uplink for physical network {physnet}: "
+        f"start qingluan driver with --uplink {physnet}:<nic>"
+    )
+    assert "create_network" not in ctl.names() and not ctl.networks
+    assert host.calls == []
+
+
+@pytest.mark.parametrize(
+    ("generic", "match"),
+    [
+        ({"uplink": "eth9"}, "--opt uplink is set by the driver"),
+        ({"physnet": "bad name"}, "--opt physnet=bad name: physical network name"),
+    ],
+)
+def test_flat_bad_options_change_nothing(drv, ipam, ctl, host, generic, match):
+    with pytest.raises(InvalidRequest, match=match):
+        docker_create_network(ipam, drv, pool="flat", model="flat", **generic)
+    assert "create_network" not in ctl.names()
+    assert host.calls == []
+
+
+def test_flat_uplink_failure_rolls_back_the_network(drv, ipam, ctl, host):
+    host.fail["ensure_uplink"] = QingluanError("uplink eth1 ... carries this host's default route")
+    with pytest.raises(QingluanError, match="default route"):
+        docker_create_network(ipam, drv, pool="flat", **SEED_FLAT)
+    assert NET not in ctl.networks
+    assert ("delete_network", NET) in ctl.calls
 
 
 def test_vxlan_mtu_comes_from_the_underlay(drv, ipam, ctl, host):

@@ -544,3 +544,27 @@ def test_parse_pool_ranges_and_services_use_them(store: SqliteStore) -> None:
     assert svc.request_pool(PoolRequest(pool="edge"))[0].pool_id == "edge_10.250.0.0_26"
     with pytest.raises(InvalidRequest, match="--subnet"):
         svc.request_pool(PoolRequest(pool="lab"))
+
+
+def _flat(svc: Services, nid: str, subnet: str, uplink: str, host: str = "h1") -> None:
+    reply, _ = svc.request_pool(PoolRequest(pool="flat", subnet=subnet))
+    gateway = subnet.rsplit(".", 1)[0] + ".1"
+    svc.request_address(reply.pool_id, AddressRequest(address=gateway, gateway=True))
+    svc.create_network(
+        nid,
+        NetworkCreate(
+            host=host,
+            model=NetworkModel.FLAT,
+            pool_id=reply.pool_id,
+            options={"physnet": "physnet1", "uplink": uplink},
+        ),
+    )
+
+
+def test_one_flat_network_per_uplink_nic_on_a_host(svc: Services) -> None:
+    _flat(svc, NET1, "192.168.159.0/24", "eth1")
+    before = svc.list_networks()
+    with pytest.raises(Conflict, match=r"already has flat network .* on eth1"):
+        _flat(svc, NET2, "192.168.160.0/24", "eth1")
+    assert svc.list_networks() == before
+    _flat(svc, NET2, "192.168.160.0/24", "eth2")  # another NIC is fine

@@ -59,6 +59,8 @@ ANSWER_PRIORITY = 100  # ARP: a request for a known address
 IP_UNICAST_PRIORITY = 110  # L2: IPv4 for a known address (whatever the MAC)
 UNICAST_PRIORITY = 100  # L2: a known destination MAC
 FLOOD_PRIORITY = 50  # L2: broadcast/multicast
+UPLINK_PRIORITY = 1  # L2: unknown unicast of a flat network goes out to its LAN
+UPLINK_OPTION = "uplink"  # Network.options key: OVS port name of the network's uplink NIC
 
 Bucket = tuple[Action, ...]
 FlowKey = tuple[int, int, tuple[tuple[str, MatchValue], ...]]
@@ -82,6 +84,7 @@ class LocalNetwork:
     network: Network
     gateway: Member | None
     endpoints: tuple[Member, ...]  # sorted by port number
+    uplink: int | None = None  # OpenFlow port of the network's uplink NIC (flat), if on the bridge
 
     @property
     def members(self) -> tuple[Member, ...]:
@@ -250,11 +253,51 @@ def local_segment(local: LocalNetwork) -> Segment:
     return Segment(tuple(flows), local_port_buckets(local))
 
 
-# One builder per model. flat/vlan/vxlan will add their uplink or tunnel pieces on top of
-# local_segment; a model without a builder gets the local part only.
+def flat_segment(local: LocalNetwork) -> Segment:
+    """A flat network: the local part plus the host's NIC on the LAN, untagged.
+
+    Traffic from the NIC belongs to the network (the LAN is trusted: no port
+    security); unknown unicast goes out to the LAN (other hosts' containers,
+    the LAN's router and machines), and so does one copy of every broadcast.
+    Nothing from the NIC goes back out of it: OpenFlow never outputs to the
+    in_port, and an ALL group skips its bucket.
+    """
+    base = local_segment(local)
+    if local.uplink is None:
+        return base
+    network, uplink = local.network, local.uplink
+    owner_cookie = cookie(CookieKind.NETWORK, network.id)
+    flows = (
+        Flow.make(
+            int(Table.CLASSIFY),
+            PORT_PRIORITY,
+            {"in_port": uplink},
+            write_metadata=network_metadata(network),
+            goto=int(Table.QUARANTINE),
+            cookie=owner_cookie,
+        ),
+        Flow.make(
+            int(Table.L2),
+            UPLINK_PRIORITY,
+            {"metadata": network_metadata(network)},
+            (Output(uplink),),
+            cookie=owner_cookie,
+        ),
+    )
+    buckets = tuple(sorted((*base.flood_buckets, (Output(uplink),)), key=_bucket_port))
+    return Segment((*base.flows, OwnedFlows(f"uplink of network {network.id}", flows)), buckets)
+
+
+def _bucket_port(bucket: Bucket) -> int:
+    first = bucket[0]
+    return first.port if isinstance(first, Output) else -1
+
+
+# One builder per model: the local part, plus uplink (flat) or tunnel pieces on top.
 SEGMENT_BUILDERS: Mapping[NetworkModel, Callable[[LocalNetwork], Segment]] = {
     NetworkModel.NONAT: local_segment,
     NetworkModel.NAT: local_segment,
+    NetworkModel.FLAT: flat_segment,
 }
 
 
@@ -330,6 +373,7 @@ def local_networks(
             network=n,
             gateway=gateway_member(n, ports),
             endpoints=tuple(sorted(members[n.id], key=lambda m: (m.port, m.owner))),
+            uplink=ports.get(n.options.get(UPLINK_OPTION, "")),
         )
         for n in sorted(networks, key=lambda n: n.key)
     ]

@@ -24,6 +24,7 @@ OWNER_KEY = "qingluan-owner"
 OWNER = "qingluan"
 ENDPOINT_KEY = "qingluan-endpoint"
 NETWORK_KEY = "qingluan-network"
+UPLINK_KEY = "qingluan-uplink"  # value: the physical network the NIC carries
 
 DEFAULT_MAX_BACKOFF_MS = 1000
 USERSPACE_TSO_KEY = "userspace-tso-enable"

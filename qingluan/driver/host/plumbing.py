@@ -6,6 +6,13 @@ controller's state. Each ``ensure_*`` undoes what it created itself when a
 later step fails. The sweep only ever removes devices and ports with those
 prefixes: other ports on the bridge (uplinks, tunnels) are someone else's.
 
+Uplinks (flat networks): a host NIC named by ``--uplink PHYSNET:NIC`` is added
+to the bridge as port ``NIC`` (``qingluan-uplink=<physnet>``). Its name has no
+qingluan prefix, so the sweep never removes it; it is never removed at all
+(other flat networks may share it), only re-ensured by the sweep. A NIC that
+carries the namespace's default route is refused: never give the machine's own
+interface to OVS.
+
 TX offloads of the veths (see :func:`tx_offload_off_needed`): on the
 userspace (netdev) datapath without userspace TSO, TCP only works with TX
 checksum offload off, so the driver turns it off on both ends. With
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from qingluan import names
-from qingluan.driver.host.commands import Runner
+from qingluan.driver.host.commands import HostError, Runner
 from qingluan.driver.host.iptables import DEFAULT_PREFIX, Iptables, desired_rules
 from qingluan.driver.host.links import HostTuning, Links
 from qingluan.driver.host.ovs import (
@@ -36,10 +43,13 @@ from qingluan.driver.host.ovs import (
     NETWORK_KEY,
     OWNER,
     OWNER_KEY,
+    UPLINK_KEY,
     Ovs,
     detect_datapath_type,
 )
 from qingluan.driver.interfaces import SweepReport
+from qingluan.driver.protocol import PHYSNET_OPTION, UPLINK_OPTION
+from qingluan.driver.uplinks import DEFAULT_PHYSNET, carries_default_route
 from qingluan.model import DatapathType, Endpoint, Network, NetworkModel
 
 log = logging.getLogger(__name__)
@@ -73,11 +83,20 @@ def tx_offload_off_needed(
     return tunnelled or not userspace_tso
 
 
+def network_uplink(network: Network) -> tuple[str, str] | None:
+    """(physnet, NIC) a flat network was created with (its options), if any."""
+    nic = network.options.get(UPLINK_OPTION)
+    if network.model is not NetworkModel.FLAT or not nic:
+        return None
+    return network.options.get(PHYSNET_OPTION) or DEFAULT_PHYSNET, nic
+
+
 @dataclass
 class SweepPlan:
     """What the start-up sweep must do; computed from names only (pure)."""
 
     ensure_gateways: list[Network] = field(default_factory=list)
+    ensure_uplinks: list[tuple[str, str]] = field(default_factory=list)  # (physnet, NIC)
     reattach: list[tuple[Endpoint, Network]] = field(default_factory=list)
     missing: list[Endpoint] = field(default_factory=list)
     remove_links: list[str] = field(default_factory=list)
@@ -102,7 +121,8 @@ def plan_sweep(
         keep_links |= {names.endpoint_port(ep.id), names.endpoint_peer(ep.id)}
         keep_ports.add(names.endpoint_port(ep.id))
     present = set(links)
-    plan = SweepPlan(ensure_gateways=sorted(gateways, key=lambda n: n.id))
+    uplinks = sorted({u for u in map(network_uplink, networks) if u is not None})
+    plan = SweepPlan(ensure_gateways=sorted(gateways, key=lambda n: n.id), ensure_uplinks=uplinks)
     for ep in sorted(local_eps, key=lambda e: e.id):
         if names.endpoint_port(ep.id) in present:
             plan.reattach.append((ep, by_net[ep.network_id]))
@@ -245,6 +265,30 @@ class LinuxHost:
         self.links.delete(port)
         self.links.delete(names.gateway_dev(network_id))
 
+    # ---- uplinks (flat) ----
+
+    def ensure_uplink(self, physnet: str, nic: str) -> None:
+        if self.links.get(nic) is None:
+            raise HostError(
+                f"uplink {nic} of physical network {physnet} does not exist on this host "
+                f"(check --uplink {physnet}:{nic})"
+            )
+        routes = self.runner.run(["ip", "route", "show", "default"]).stdout
+        # a kernel without IPv6 fails the listing: then there is no IPv6 default route
+        routes += (
+            "\n" + self.runner.run(["ip", "-6", "route", "show", "default"], check=False).stdout
+        )
+        if carries_default_route(routes, nic):
+            raise HostError(
+                f"uplink {nic} of physical network {physnet} carries this host's default "
+                "route: qingluan never gives the machine's own interface to Open vSwitch; "
+                "choose another NIC for --uplink"
+            )
+        self.links.set(nic, up=True)
+        self._offloads(nic)
+        # --may-exist: a second flat network (or a repeat) reuses the port
+        self.ovs.add_port(self._bridge, nic, {OWNER_KEY: OWNER, UPLINK_KEY: physnet})
+
     # ---- endpoints ----
 
     def ensure_endpoint(self, endpoint_id: str, network: Network, mac: str) -> str:
@@ -312,6 +356,9 @@ class LinuxHost:
         for net in plan.ensure_gateways:
             if attempt(f"gateway of network {net.id[:12]}", partial(self.ensure_gateway, net)):
                 report.gateways_ensured.append(names.gateway_dev(net.id))
+        for physnet, nic in plan.ensure_uplinks:
+            if attempt(f"uplink {nic} of {physnet}", partial(self.ensure_uplink, physnet, nic)):
+                report.uplinks_ensured.append(nic)
         for ep, net in plan.reattach:
             if attempt(f"endpoint {ep.id[:12]}", partial(self.ensure_endpoint, ep.id, net, ep.mac)):
                 report.endpoints_reattached.append(names.endpoint_port(ep.id))
