@@ -11,7 +11,6 @@ host plumbing, not the flows.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from qingluan.model import DatapathType
 from tests.support.dockerd import DockerCommandError, IsolatedDockerd
 from tests.support.image import BUSYBOX, ensure_images
 from tests.support.ovs import Netns, OvsInstance, ovs_in_netns
+from tests.support.proc import free_port
 from tests.unit.test_driver_contract import NullConverger
 
 pytestmark = pytest.mark.integration
@@ -38,12 +38,6 @@ pytestmark = pytest.mark.integration
 TOKEN = "dockerd-test-token"
 PREFIX = "QLDOCK"
 QL = ("--driver", "qingluan", "--ipam-driver", "qingluanIpam")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class DriverRunner:
@@ -104,7 +98,7 @@ class Stack:
 def stack(tmp_path: Path) -> Iterator[Stack]:
     store = SqliteStore.in_state_dir(tmp_path / "state")
     app = create_app(Services(store, NullConverger()), TOKEN)
-    port = _free_port()
+    port = free_port()
     api = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
     )

@@ -16,9 +16,8 @@ Everything lives in namespaces this module creates; ``close()`` deletes them
 from __future__ import annotations
 
 import contextlib
-import secrets
 
-from tests.support.ovs import Netns
+from tests.support.ovs import Netns, veth
 from tests.support.proc import run
 
 FLAT_SUBNET = "192.168.159.0/24"
@@ -51,13 +50,8 @@ class Lan:
 
     def attach(self, ns: Netns, dev: str, port: str) -> None:
         """A cable from ``ns`` (device ``dev``, up, no address) to switch port ``port``."""
-        tmp = "qlt" + secrets.token_hex(5)
-        self.switch.run("ip", "link", "add", port, "type", "veth", "peer", "name", tmp)
-        self.switch.run("ip", "link", "set", tmp, "netns", ns.name)
-        ns.run("ip", "link", "set", tmp, "name", dev)
-        ns.run("ip", "link", "set", dev, "up")
+        veth(self.switch, port, ns, dev)
         self.switch.run("ip", "link", "set", port, "master", SWITCH)
-        self.switch.run("ip", "link", "set", port, "up")
         self.ports.append(port)
 
     def close(self) -> None:

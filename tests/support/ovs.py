@@ -23,30 +23,18 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+
+from tests.support.proc import free_port as local_free_port
+from tests.support.proc import wait_until
 
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 DEFAULT_TIMEOUT = 10.0
 
-T = TypeVar("T")
-
 
 class OvsError(RuntimeError):
     """An OVS command failed or a daemon did not come up in time."""
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``predicate`` until it returns something truthy; raise after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -124,6 +112,21 @@ class Netns:
 
     def __exit__(self, *exc: object) -> None:
         self.delete()
+
+
+def veth(left: Netns | None, left_dev: str, right: Netns, right_dev: str) -> None:
+    """A veth pair ``left_dev`` (in ``left``; None: this namespace) -- ``right_dev`` (in
+    ``right``), both up. The right end is made under a temporary name, so that it cannot
+    clash with a device of ``left`` while it is still there."""
+    tmp = "qlt" + secrets.token_hex(5)
+    in_left: list[str] = [*(left.prefix() if left else []), "ip", "link"]
+    subprocess.run(
+        [*in_left, "add", left_dev, "type", "veth", "peer", "name", tmp], check=True, timeout=10
+    )
+    subprocess.run([*in_left, "set", tmp, "netns", right.name], check=True, timeout=10)
+    right.run("ip", "link", "set", tmp, "name", right_dev)
+    right.run("ip", "link", "set", right_dev, "up")
+    subprocess.run([*in_left, "set", left_dev, "up"], check=True, timeout=10)
 
 
 # ---- the OVS instance ------------------------------------------------------------
@@ -409,6 +412,6 @@ def free_port(netns: Netns | None = None, host: str = "127.0.0.1") -> int:
     """A TCP port that nothing listens on now (in ``netns`` if given)."""
     code = f"import socket;s=socket.socket();s.bind(({host!r},0));print(s.getsockname()[1])"
     cmd: Sequence[str] = ["python3", "-c", code]
-    if netns is not None:
-        return int(netns.run(*cmd).strip())
-    return int(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    if netns is None:
+        return local_free_port(host)
+    return int(netns.run(*cmd).strip())

@@ -29,7 +29,7 @@ import httpx
 from tests.support.dockerd import DockerCommandError, IsolatedDockerd
 from tests.support.image import ensure_images
 from tests.support.lan import Lan
-from tests.support.ovs import Netns, OvsInstance
+from tests.support.ovs import Netns, OvsInstance, veth
 from tests.support.proc import Proc, free_port, run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,16 +57,6 @@ def _free_management_subnet() -> ipaddress.IPv4Network:
         if not any(cand.overlaps(u) for u in used):
             return cand
     raise RuntimeError("no free 10.254.x.0/24 management subnet")
-
-
-def veth_into(ns: Netns, root_dev: str, ns_dev: str) -> None:
-    """A veth pair with ``ns_dev`` moved into ``ns``; both ends up."""
-    tmp = "qlt" + secrets.token_hex(5)
-    run(["ip", "link", "add", root_dev, "type", "veth", "peer", "name", tmp])
-    run(["ip", "link", "set", tmp, "netns", ns.name])
-    ns.run("ip", "link", "set", tmp, "name", ns_dev)
-    ns.run("ip", "link", "set", ns_dev, "up")
-    run(["ip", "link", "set", root_dev, "up"])
 
 
 class SimHost:
@@ -103,22 +93,17 @@ class SimHost:
         ensure_images(self.dockerd)
 
     def _link_management(self) -> None:
-        veth_into(self.netns, self.mgmt_dev, "mgmt0")
+        veth(None, self.mgmt_dev, self.netns, "mgmt0")
         run(["ip", "link", "set", self.mgmt_dev, "master", self.stack.mgmt_bridge])
         prefix = self.stack.mgmt_net.prefixlen
         self.netns.run("ip", "addr", "add", f"{self.mgmt_ip}/{prefix}", "dev", "mgmt0")
 
     def _link_outside(self) -> None:
         self.outside.create()
-        dev = f"qlx{self.stack.tag}{self.index}"
         # the pair lives between the host namespace and its outside namespace only
-        self.netns.run("ip", "link", "add", "uplink0", "type", "veth", "peer", "name", dev)
-        self.netns.run("ip", "link", "set", dev, "netns", self.outside.name)
-        self.outside.run("ip", "link", "set", dev, "name", "eth0")
+        veth(self.netns, "uplink0", self.outside, "eth0")
         self.netns.run("ip", "addr", "add", f"{OUTSIDE_HOST_IP}/24", "dev", "uplink0")
-        self.netns.run("ip", "link", "set", "uplink0", "up")
         self.outside.run("ip", "addr", "add", f"{OUTSIDE_IP}/24", "dev", "eth0")
-        self.outside.run("ip", "link", "set", "eth0", "up")
 
     def driver_argv(self) -> list[str]:
         assert self.ovs is not None and self.dockerd is not None

@@ -7,7 +7,6 @@ token, error bodies and Docker's call sequences end to end.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from qingluan.driver.client import HttpControllerClient
 from qingluan.driver.handlers import IpamDriver, NetworkDriver
 from qingluan.errors import Conflict, InvalidRequest, Unauthorized
 from qingluan.model import DatapathType
+from tests.support.proc import free_port
 from tests.unit.test_driver_handlers import FakeHost
 
 TOKEN = "contract-token"
@@ -60,17 +60,11 @@ class NullConverger:
         return FlowDump(host=host, connected=True, flows=[], groups=[])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def controller_url(tmp_path: Path) -> Iterator[str]:
     store = SqliteStore.in_state_dir(tmp_path)
     app = create_app(Services(store, NullConverger()), TOKEN)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
     )
