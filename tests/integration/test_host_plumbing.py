@@ -211,6 +211,35 @@ def test_endpoint_veth_and_reuse_after_move(rig):
     host.remove_endpoint(EP_ID)
 
 
+def test_container_end_moved_during_a_resync_keeps_the_pair(rig):
+    """Docker moves the container end into the sandbox right after Join, while a
+    periodic resync may be re-checking that endpoint: the pair must survive."""
+    ns, _, host = rig
+    mac = names.endpoint_mac(EP_ID)
+    port, peer = host.ensure_endpoint(EP_ID, NAT, mac), names.endpoint_peer(EP_ID)
+    index = link_json(ns, port)["ifindex"]
+    with Netns() as sandbox:
+        real_get = host.links.get
+        moved = []
+
+        def get_then_move(name: str):  # type: ignore[no-untyped-def]
+            link = real_get(name)
+            if name == port and not moved:  # seen with its peer here, then Docker moves it
+                ns.run("ip", "link", "set", peer, "netns", sandbox.name)
+                moved.append(name)
+            return link
+
+        host.links.get = get_then_move  # type: ignore[method-assign]
+        try:
+            assert host.ensure_endpoint(EP_ID, NAT, mac) == port
+        finally:
+            host.links.get = real_get  # type: ignore[method-assign]
+        assert moved == [port]
+        assert link_json(ns, port)["ifindex"] == index  # not re-created
+        assert peer in sandbox.run("ip", "-br", "link")  # the container's end is alive
+        host.remove_endpoint(EP_ID)
+
+
 def test_half_made_pair_is_replaced(rig):
     ns, _, host = rig
     peer = names.endpoint_peer(EP_ID)

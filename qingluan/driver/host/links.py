@@ -75,6 +75,16 @@ class Links:
                 raise
             return _link(msgs[0])
 
+    def get_by_index(self, index: int) -> Link | None:
+        with self._ipr(f"look up interface {index}") as ipr:
+            try:
+                msgs = ipr.link("get", index=index)
+            except NetlinkError as exc:
+                if exc.code == errno.ENODEV:
+                    return None
+                raise
+            return _link(msgs[0])
+
     def all(self) -> list[Link]:
         with self._ipr("list interfaces") as ipr:
             return [_link(m) for m in ipr.get_links()]
@@ -97,12 +107,10 @@ class Links:
         if mine is not None and mine.kind != "veth":
             raise HostError(f"{name} exists and is not a veth ({mine.kind}): remove it")
         created = False
-        if mine is not None and not mine.peer_elsewhere:
-            other = self.get(peer)
-            if other is None or other.index != mine.peer_index:
-                log.info("veth %s has a foreign peer: re-creating it", name)
-                self.delete(name)
-                mine = None
+        if mine is not None and not mine.peer_elsewhere and self._foreign_peer(mine, peer):
+            log.info("veth %s has a foreign peer: re-creating it", name)
+            self.delete(name)
+            mine = None
         if mine is None:
             stray = self.get(peer)
             if stray is not None:
@@ -117,8 +125,28 @@ class Links:
             created = True
         self.set(name, mtu=mtu)
         if self.get(peer) is not None:
-            self.set(peer, mtu=mtu, mac=peer_mac)
+            try:
+                self.set(peer, mtu=mtu, mac=peer_mac)
+            except HostError:
+                if self.get(peer) is not None:
+                    raise
+                # Docker moved it into the container meanwhile: it set the MAC itself
         return created
+
+    def _foreign_peer(self, mine: Link, peer: str) -> bool:
+        """Is the other end of ``mine`` (whose peer was in this namespace) not ``peer``?
+
+        A veth always has its peer, so when ``peer`` is not here the other end is
+        either a device of another name here (half-made: foreign) or it has just
+        been moved into a container (Docker does that right after Join, without
+        asking us): not foreign.
+        """
+        other = self.get(peer)
+        if other is not None:
+            return other.index != mine.peer_index
+        if mine.peer_index is None:
+            return True
+        return self.get_by_index(mine.peer_index) is not None
 
     def set(
         self, name: str, *, mtu: int | None = None, mac: str | None = None, up: bool = False
