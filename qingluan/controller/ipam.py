@@ -363,6 +363,12 @@ def check_network(network: Network, pool: Pool, networks: Sequence[Network]) -> 
                     "(use another NIC, or a vlan network)"
                 )
     label = _SEGMENT_LABEL.get(network.model)
+    pool_vni = pool.options.get("vni", "").strip()
+    if label is not None and pool_vni and pool_vni != str(network.vni):
+        raise InvalidRequest(
+            f"--ipam-opt vni={pool_vni} and --opt vni={network.vni} differ: "
+            f"give the network's {label} to both"
+        )
     if label is not None and network.vni is not None:
         for other in others:
             if other.model is not network.model or other.vni != network.vni:

@@ -46,6 +46,8 @@ from qingluan.controller.pipeline.flow import (
     MatchValue,
     Move,
     Output,
+    PopVlan,
+    PushVlan,
     SetField,
 )
 
@@ -350,6 +352,10 @@ def _action(action: Action) -> Any:
         return parser.NXActionRegMove(
             src_field=action.src, dst_field=action.dst, n_bits=bits, src_ofs=0, dst_ofs=0
         )
+    if isinstance(action, PushVlan):
+        return parser.OFPActionPushVlan(action.ethertype)
+    if isinstance(action, PopVlan):
+        return parser.OFPActionPopVlan()
     raise VocabError(f"unknown action {action!r}")  # pragma: no cover - Action is closed
 
 
@@ -515,6 +521,10 @@ def _parse_action(action: Any, unsupported: list[str]) -> Action | None:
             )
             return None
         return Move(src, dst)
+    if isinstance(action, parser.OFPActionPushVlan):
+        return PushVlan(int(action.ethertype))
+    if isinstance(action, parser.OFPActionPopVlan):
+        return PopVlan()
     unsupported.append(type(action).__name__)
     return None
 
@@ -662,6 +672,10 @@ def render_action(action: Action) -> str:
     if isinstance(action, SetField):
         value = _value_text(action.field, action.value)
         return f"set_field:{value}->{ovs_field_name(action.field)}"
+    if isinstance(action, PushVlan):
+        return f"push_vlan:0x{action.ethertype:04x}"
+    if isinstance(action, PopVlan):
+        return "pop_vlan"
     return f"move:{ovs_field_name(action.src)}[]->{ovs_field_name(action.dst)}[]"
 
 

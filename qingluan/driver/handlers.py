@@ -92,6 +92,8 @@ from qingluan.model import Endpoint, Network, NetworkModel, PortMapping
 log = logging.getLogger(__name__)
 
 GATEWAY_DEV_MODELS = frozenset({NetworkModel.NAT, NetworkModel.NONAT})
+# Models carried by a physical NIC of the host (flat: untagged, vlan: tagged).
+UPLINK_MODELS = frozenset({NetworkModel.FLAT, NetworkModel.VLAN})
 VXLAN_OVERHEAD = 50
 
 # Errors after which the controller surely did not store anything.
@@ -206,8 +208,8 @@ class NetworkDriver:
             pool_id = self._pool_for(ipv4.pool, req.network_id)
             extra = dict(opts.extra)
             uplink: tuple[str, str] | None = None
-            if opts.model is NetworkModel.FLAT:
-                uplink = self._flat_uplink(extra)  # before the PUT: a refusal changes nothing
+            if opts.model in UPLINK_MODELS:
+                uplink = self._uplink(extra)  # before the PUT: a refusal changes nothing
                 extra[PHYSNET_OPTION], extra[UPLINK_OPTION] = uplink
             mtu = opts.mtu
             if mtu is None and opts.model is NetworkModel.VXLAN:
@@ -255,8 +257,9 @@ class NetworkDriver:
         self._changed(network.id)
         return EmptyReply()
 
-    def _flat_uplink(self, extra: Mapping[str, str]) -> tuple[str, str]:
-        """(physnet, NIC) of a flat network from ``--opt physnet=`` and this host's uplinks."""
+    def _uplink(self, extra: Mapping[str, str]) -> tuple[str, str]:
+        """(physnet, NIC) of a flat or vlan network from ``--opt physnet=`` and this
+        host's uplinks (a vlan network's NIC is the trunk)."""
         if UPLINK_OPTION in extra:
             raise InvalidRequest(
                 f"--opt {UPLINK_OPTION} is set by the driver from its --uplink flag: "

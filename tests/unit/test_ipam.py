@@ -509,3 +509,10 @@ def test_endpoint_checks() -> None:
 def test_ipv6_error_and_prefix() -> None:
     assert "IPv6" in str(ipam.ipv6_refused())
     assert ipam.pool_id("nat", "10.128.0.0/24") == "nat_10.128.0.0_24"
+
+
+def test_ipam_vni_and_network_vni_must_agree() -> None:
+    pool = gw(State().pool("vlan", options={"pool": "vlan", "vni": "100"}).pool)
+    ipam.check_network(network("a" * 64, pool, model=NetworkModel.VLAN, vni=100), pool, [])
+    with pytest.raises(InvalidRequest, match=r"--ipam-opt vni=100 and --opt vni=200 differ"):
+        ipam.check_network(network("a" * 64, pool, model=NetworkModel.VLAN, vni=200), pool, [])

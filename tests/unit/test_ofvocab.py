@@ -40,6 +40,8 @@ from qingluan.controller.pipeline.flow import (
     GroupAction,
     Move,
     Output,
+    PopVlan,
+    PushVlan,
     SetField,
     cookie,
 )
@@ -99,6 +101,17 @@ MISC = [
             Output(OFPP_LOCAL),
         ],
     ),
+    Flow.make(
+        0,
+        100,
+        {"in_port": 9, "vlan_vid": 0x1064},
+        [PopVlan()],
+        write_metadata=(0x1000005, 0x1FFFFFF),
+        goto=10,
+    ),
+    Flow.make(0, 100, {"in_port": 9, "vlan_vid": 0}, write_metadata=(7, 0xFFFFFF), goto=10),
+    Flow.make(50, 1, {"metadata": 5}, [PushVlan(), SetField("vlan_vid", 0x1064), Output(9)]),
+    Flow.make(0, 100, {"in_port": 8, "tunnel_id": 5000}, write_metadata=(3, 0xFF), goto=10),
 ]
 FLOOD_GROUP = Group(5, ((Output(1),), (Output(2),), (SetField("eth_dst", GW_MAC), Output(3))))
 

@@ -25,6 +25,8 @@ from qingluan.controller.pipeline.flow import (
     NETWORK_KEY_MASK,
     NETWORK_KEY_MAX,
     OFPP_IN_PORT,
+    OFPVID_NONE,
+    OFPVID_PRESENT,
     Action,
     BridgeState,
     CookieKind,
@@ -34,6 +36,8 @@ from qingluan.controller.pipeline.flow import (
     MatchValue,
     Move,
     Output,
+    PopVlan,
+    PushVlan,
     SetField,
     cookie,
 )
@@ -61,6 +65,13 @@ UNICAST_PRIORITY = 100  # L2: a known destination MAC
 FLOOD_PRIORITY = 50  # L2: broadcast/multicast
 UPLINK_PRIORITY = 1  # L2: unknown unicast of a flat network goes out to its LAN
 UPLINK_OPTION = "uplink"  # Network.options key: OVS port name of the network's uplink NIC
+# A metadata bit beside the network key: the packet entered from the VLAN trunk or a
+# tunnel. ARP requests with it are not answered from the table (the answer would
+# leave untagged, or into the tunnel without a destination): the container answers.
+FROM_OUTSIDE = 1 << 24
+
+# Models whose traffic also enters from a VLAN trunk or a tunnel (see FROM_OUTSIDE).
+OUTSIDE_MODELS = frozenset({NetworkModel.VLAN, NetworkModel.VXLAN})
 
 Bucket = tuple[Action, ...]
 FlowKey = tuple[int, int, tuple[tuple[str, MatchValue], ...]]
@@ -133,6 +144,18 @@ def network_metadata(network: Network) -> tuple[int, int]:
     return (network.key, NETWORK_KEY_MASK)
 
 
+def outside_metadata(network: Network) -> tuple[int, int]:
+    """What a flow classifying trunk or tunnel traffic into ``network`` writes."""
+    return (network.key | FROM_OUTSIDE, NETWORK_KEY_MASK | FROM_OUTSIDE)
+
+
+def responder_metadata(network: Network) -> tuple[int, int]:
+    """The ARP responder's metadata match: inside traffic only, for tagged/tunnelled models."""
+    if network.model in OUTSIDE_MODELS:
+        return (network.key, NETWORK_KEY_MASK | FROM_OUTSIDE)
+    return network_metadata(network)
+
+
 def _into_network(network: Network, match: Mapping[str, MatchValue], owner_cookie: int) -> Flow:
     return Flow.make(
         int(Table.CLASSIFY),
@@ -184,7 +207,7 @@ def arp_responder_flow(network: Network, member: Member) -> Flow:
         int(Table.ARP),
         ANSWER_PRIORITY,
         {
-            "metadata": network_metadata(network),
+            "metadata": responder_metadata(network),
             "eth_type": ETH_TYPE_ARP,
             "arp_op": ARP_OP_REQUEST,
             "arp_tpa": member.ip,
@@ -271,7 +294,7 @@ def flat_segment(local: LocalNetwork) -> Segment:
         Flow.make(
             int(Table.CLASSIFY),
             PORT_PRIORITY,
-            {"in_port": uplink},
+            {"in_port": uplink, "vlan_vid": OFPVID_NONE},  # tagged frames are vlan networks'
             write_metadata=network_metadata(network),
             goto=int(Table.QUARANTINE),
             cookie=owner_cookie,
@@ -289,8 +312,51 @@ def flat_segment(local: LocalNetwork) -> Segment:
 
 
 def _bucket_port(bucket: Bucket) -> int:
-    first = bucket[0]
-    return first.port if isinstance(first, Output) else -1
+    last = bucket[-1]
+    return last.port if isinstance(last, Output) else -1
+
+
+def vlan_tag(network: Network) -> int:
+    if network.vni is None:
+        raise ValueError(f"vlan network {network.id} has no VLAN id")
+    return OFPVID_PRESENT | network.vni
+
+
+def vlan_segment(local: LocalNetwork) -> Segment:
+    """A vlan network: the local part plus the host's trunk NIC, tagged with the VLAN id.
+
+    Frames from the trunk with the network's tag enter it untagged (the LAN is
+    trusted, as for flat); unknown unicast and one copy of every broadcast
+    leave through the trunk with the tag pushed. Other tags, and untagged
+    frames, are other networks' (or nobody's: dropped in CLASSIFY).
+    """
+    base = local_segment(local)
+    if local.uplink is None:
+        return base
+    network, uplink = local.network, local.uplink
+    owner_cookie = cookie(CookieKind.NETWORK, network.id)
+    tag = vlan_tag(network)
+    out: Bucket = (PushVlan(), SetField("vlan_vid", tag), Output(uplink))
+    flows = (
+        Flow.make(
+            int(Table.CLASSIFY),
+            PORT_PRIORITY,
+            {"in_port": uplink, "vlan_vid": tag},
+            (PopVlan(),),
+            write_metadata=outside_metadata(network),
+            goto=int(Table.QUARANTINE),
+            cookie=owner_cookie,
+        ),
+        Flow.make(
+            int(Table.L2),
+            UPLINK_PRIORITY,
+            {"metadata": network_metadata(network)},
+            out,
+            cookie=owner_cookie,
+        ),
+    )
+    buckets = tuple(sorted((*base.flood_buckets, out), key=_bucket_port))
+    return Segment((*base.flows, OwnedFlows(f"trunk of network {network.id}", flows)), buckets)
 
 
 # One builder per model: the local part, plus uplink (flat) or tunnel pieces on top.
@@ -298,6 +364,7 @@ SEGMENT_BUILDERS: Mapping[NetworkModel, Callable[[LocalNetwork], Segment]] = {
     NetworkModel.NONAT: local_segment,
     NetworkModel.NAT: local_segment,
     NetworkModel.FLAT: flat_segment,
+    NetworkModel.VLAN: vlan_segment,
 }
 
 

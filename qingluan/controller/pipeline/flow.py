@@ -23,6 +23,11 @@ OFPP_IN_PORT = 0xFFFFFFF8
 OFPP_LOCAL = 0xFFFFFFFE
 OFPP_CONTROLLER = 0xFFFFFFFD
 
+# vlan_vid values (OpenFlow 1.3): the "tag present" bit, and "no tag".
+OFPVID_PRESENT = 0x1000
+OFPVID_NONE = 0x0000
+ETH_TYPE_8021Q = 0x8100
+
 # OpenFlow metadata bits that carry the network key.
 NETWORK_KEY_MASK = 0x0000_0000_00FF_FFFF
 NETWORK_KEY_MAX = NETWORK_KEY_MASK
@@ -80,7 +85,19 @@ class Move:
     dst: str
 
 
-Action = Output | GroupAction | SetField | Move
+@dataclass(frozen=True)
+class PushVlan:
+    """Push an 802.1Q header (then ``SetField("vlan_vid", OFPVID_PRESENT | vid)``)."""
+
+    ethertype: int = ETH_TYPE_8021Q
+
+
+@dataclass(frozen=True)
+class PopVlan:
+    """Remove the outermost 802.1Q header."""
+
+
+Action = Output | GroupAction | SetField | Move | PushVlan | PopVlan
 
 
 # ---- flows and groups --------------------------------------------------------

@@ -20,6 +20,11 @@ uses, close to what Open vSwitch does:
   do the bucket's other outputs, which makes no difference to buckets of one
   output). Then ``write_metadata`` with its mask, then ``goto``.
 
+A tagged packet carries ``vlan_vid`` (``OFPVID_PRESENT | vid``, as OpenFlow
+1.3 matches it); an untagged one has no ``vlan_vid`` and matches
+``vlan_vid=OFPVID_NONE``. ``PushVlan``/``PopVlan`` add and remove it.
+Tunnel metadata (``tunnel_id``, ``tun_ipv4_dst``) are plain fields.
+
 ``SimulationError`` is raised for what a switch would reject or what would
 loop: a backward goto, an unknown group, groups chained too deep, a Move
 from an absent field.
@@ -34,6 +39,8 @@ from dataclasses import dataclass, field
 
 from qingluan.controller.pipeline.flow import (
     OFPP_IN_PORT,
+    OFPVID_NONE,
+    OFPVID_PRESENT,
     Action,
     BridgeState,
     Flow,
@@ -42,6 +49,8 @@ from qingluan.controller.pipeline.flow import (
     MatchValue,
     Move,
     Output,
+    PopVlan,
+    PushVlan,
     SetField,
 )
 from qingluan.controller.pipeline.tables import FIRST_TABLE
@@ -148,6 +157,14 @@ class _Run:
                 packet[action.dst] = packet[action.src]
             elif isinstance(action, GroupAction):
                 self.group(action.group_id, packet, depth + 1)
+            elif isinstance(action, PushVlan):
+                if "vlan_vid" in packet:
+                    raise SimulationError(f"push_vlan on a tagged packet {packet}: no QinQ here")
+                packet["vlan_vid"] = OFPVID_PRESENT
+            elif isinstance(action, PopVlan):
+                if "vlan_vid" not in packet:
+                    raise SimulationError(f"pop_vlan on an untagged packet {packet}")
+                del packet["vlan_vid"]
             else:  # pragma: no cover - Action is a closed union
                 raise SimulationError(f"unknown action {action!r}")
 
@@ -185,7 +202,12 @@ def trace(state: BridgeState, in_port: int, packet: Mapping[str, PacketValue]) -
     metadata = 0
     table: int | None = int(FIRST_TABLE)
     while table is not None:
-        fields: dict[str, PacketValue] = {**current, "in_port": in_port, "metadata": metadata}
+        fields: dict[str, PacketValue] = {
+            "vlan_vid": OFPVID_NONE,  # an untagged packet matches vlan_vid=0 (OFPVID_NONE)
+            **current,
+            "in_port": in_port,
+            "metadata": metadata,
+        }
         flow = lookup(tables.get(table, []), fields)
         result.hops.append(Hop(table, flow))
         if flow is None:

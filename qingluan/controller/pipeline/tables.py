@@ -39,9 +39,21 @@ PIPELINE: dict[Table, TableSpec] = {
     for t in (
         TableSpec(
             Table.CLASSIFY,
-            "in_port -> network (metadata); port security: an endpoint may only send "
-            "from its own MAC and IPv4 address; everything else is dropped",
-            frozenset({"in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa", "arp_sha"}),
+            "in_port (uplink: + VLAN tag; tunnel: + VNI) -> network (metadata); port "
+            "security: an endpoint may only send from its own MAC and IPv4 address; "
+            "everything else is dropped",
+            frozenset(
+                {
+                    "in_port",
+                    "eth_src",
+                    "eth_type",
+                    "ipv4_src",
+                    "arp_spa",
+                    "arp_sha",
+                    "vlan_vid",  # uplink: untagged -> flat network, tag -> vlan network
+                    "tunnel_id",  # tunnel port: VNI -> vxlan network
+                }
+            ),
             None,
         ),
         TableSpec(
