@@ -88,12 +88,10 @@ from qingluan.errors import (
     Unauthorized,
 )
 from qingluan.model import Endpoint, Network, NetworkModel, PortMapping
+from qingluan.modes import UPLINK_MODELS, has_gateway_dev, is_natted
 
 log = logging.getLogger(__name__)
 
-GATEWAY_DEV_MODELS = frozenset({NetworkModel.NAT, NetworkModel.NONAT})
-# Models carried by a physical NIC of the host (flat: untagged, vlan: tagged).
-UPLINK_MODELS = frozenset({NetworkModel.FLAT, NetworkModel.VLAN})
 VXLAN_OVERHEAD = 50
 
 # Errors after which the controller surely did not store anything.
@@ -104,23 +102,17 @@ def short(docker_id: str) -> str:
     return docker_id[:12]
 
 
-def has_gateway_dev(network: Network) -> bool:
-    return network.model in GATEWAY_DEV_MODELS
-
-
 def join_gateway(network: Network) -> tuple[str | None, bool]:
     """(Gateway for the container's default route, DisableGatewayService)."""
     if network.internal:
         return None, True
-    if network.model in (NetworkModel.NAT, NetworkModel.FLAT, NetworkModel.VLAN):
-        return network.gateway, False
-    if network.model is NetworkModel.NONAT:
-        return None, True
-    return None, False  # vxlan: docker_gwbridge gives egress
+    if network.model in UPLINK_MODELS or is_natted(network):
+        return network.gateway, False  # flat/vlan: the LAN's router; nat/vxlan: this host
+    return None, True  # nonat, vxlan with nat=false: on-link only, no docker_gwbridge
 
 
 def publishes_nat(network: Network) -> bool:
-    return network.model is NetworkModel.NAT and not network.internal
+    return is_natted(network)
 
 
 def _overlap(a: PortMapping, b: PortMapping) -> bool:

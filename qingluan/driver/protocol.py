@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from qingluan import modes
 from qingluan.api_schema import (
     MTU_MAX,
     MTU_MIN,
@@ -48,6 +49,7 @@ GATEWAY_ADDRESS_TYPE = "com.docker.network.gateway"
 # qingluan's own --opt / --ipam-opt keys.
 MODEL_OPTION = "model"
 VNI_OPTION = "vni"
+NAT_OPTION = modes.NAT_OPTION  # vxlan: NAT through this host (default true)
 POOL_OPTION = "pool"
 PHYSNET_OPTION = "physnet"  # flat: which physical network (driver's --uplink PHYSNET:NIC)
 # flat: set by the driver (never by the user) to the uplink NIC, which is also its OVS port
@@ -334,6 +336,17 @@ def parse_network_options(options: Mapping[str, Any]) -> NetworkOptions:
         mtu = _number(f"--opt {key}", raw_mtu)
         if not MTU_MIN <= mtu <= MTU_MAX:
             raise InvalidRequest(f"--opt {key}={raw_mtu}: MTU must be {MTU_MIN}-{MTU_MAX}")
+    raw_nat = opts.get(NAT_OPTION)
+    if raw_nat is not None:
+        if model is not NetworkModel.VXLAN:
+            raise InvalidRequest(
+                f"--opt {NAT_OPTION} is for vxlan networks; a {model.value} network "
+                "is NATed or not by its model (model=nat or model=nonat)"
+            )
+        value = raw_nat.strip().lower()
+        if value not in ("true", "false"):
+            raise InvalidRequest(f"--opt {NAT_OPTION}={raw_nat}: say true or false")
+        opts[NAT_OPTION] = value
     return NetworkOptions(model=model, vni=vni, mtu=mtu, internal=internal, extra=opts)
 
 

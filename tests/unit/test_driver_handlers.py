@@ -427,10 +427,10 @@ def test_create_network_with_user_subnet_finds_its_pool(drv, ipam, ctl):
         ({"model": "nonat"}, True),
         ({"model": "flat"}, False),
         ({"model": "vlan", "vni": "100"}, False),
-        ({"model": "vxlan", "vni": "5000"}, False),
+        ({"model": "vxlan", "vni": "5000"}, True),
     ],
 )
-def test_gateway_device_only_for_nat_and_nonat(drv, ipam, host, generic, gateway_dev):
+def test_gateway_device_for_nat_nonat_and_vxlan(drv, ipam, host, generic, gateway_dev):
     docker_create_network(ipam, drv, pool="x", **generic)
     assert (NET in host.gateways) is gateway_dev
 
@@ -738,7 +738,8 @@ def test_join_nat(drv, ipam, ctl, host):
         ({"model": "nonat"}, False, (None, True)),
         ({"model": "flat"}, False, ("gw", False)),
         ({"model": "vlan", "vni": "7"}, False, ("gw", False)),
-        ({"model": "vxlan", "vni": "7"}, False, (None, False)),
+        ({"model": "vxlan", "vni": "7"}, False, ("gw", False)),
+        ({"model": "vxlan", "vni": "7", "nat": "false"}, False, (None, True)),
         ({"model": "nat"}, True, (None, True)),
         ({"model": "vlan", "vni": "7"}, True, (None, True)),
     ],

@@ -15,8 +15,9 @@ import pytest
 
 from qingluan.driver.host.commands import Runner
 from qingluan.driver.host.ovs import Ovs, parse_ovs_bool
-from qingluan.driver.host.plumbing import LinuxHost, is_tunnelled, tx_offload_off_needed
+from qingluan.driver.host.plumbing import LinuxHost, tx_offload_off_needed
 from qingluan.model import DatapathType, Network, NetworkModel
+from qingluan.modes import is_tunnelled
 
 NETDEV, SYSTEM = DatapathType.NETDEV, DatapathType.SYSTEM
 

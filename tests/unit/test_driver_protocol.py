@@ -116,6 +116,12 @@ def test_unknown_model_names_the_choices():
         ({"model": "vxlan"}, "model=vxlan needs --opt vni=<VNI 1-16777215>"),
         ({"model": "vxlan", "vni": "16777216"}, "--opt vni=16777216: VXLAN VNI must be 1-16777215"),
         ({"model": "nat", "vni": "100"}, "--opt vni=100: a nat network takes no vni"),
+        ({"model": "vxlan", "vni": "5", "nat": "maybe"}, "--opt nat=maybe: say true or false"),
+        (
+            {"model": "nat", "nat": "true"},
+            "--opt nat is for vxlan networks; a nat network is NATed or not by its model "
+            "(model=nat or model=nonat)",
+        ),
         (
             {"model": "nat", "com.docker.network.driver.mtu": "big"},
             "--opt com.docker.network.driver.mtu=big is not a number",

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 from qingluan import names
 from qingluan.driver.host.commands import HostError, Runner
-from qingluan.model import Endpoint, Network, NetworkModel, PortMapping
+from qingluan.model import Endpoint, Network, PortMapping
+from qingluan.modes import is_isolated, is_natted
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +115,6 @@ def _comment(kind: str, docker_id: str) -> Rule:
     return ("-m", "comment", "--comment", f"qingluan-{kind}={docker_id[:12]}")
 
 
-def _isolated(network: Network) -> bool:
-    """Routes nothing in or out: nonat, and --internal nat networks."""
-    return network.model is NetworkModel.NONAT or (
-        network.model is NetworkModel.NAT and network.internal
-    )
-
-
 def _masquerade(n: Network) -> list[Rule]:
     gw, subnet, c = (
         names.gateway_dev(n.id),
@@ -183,7 +177,7 @@ def desired_rules(
     """Every rule of qingluan's chains for these networks and endpoints, in order."""
     chains = Chains(prefix)
     nets = sorted(networks, key=lambda n: n.id)
-    nat = [n for n in nets if n.model is NetworkModel.NAT and not n.internal]
+    nat = [n for n in nets if is_natted(n)]
     nat_ids = {n.id for n in nat}
     dnat = [
         _dnat(ep, m)
@@ -195,7 +189,7 @@ def desired_rules(
         chains.postrouting: [r for n in nat for r in _masquerade(n)],
         chains.prerouting: dnat,
         chains.output: list(dnat),
-        chains.forward: _forward(nat, [n for n in nets if _isolated(n)]),
+        chains.forward: _forward(nat, [n for n in nets if is_isolated(n)]),
         chains.input: [LOCALHOST_GUARD] if nat else [],
     }
 

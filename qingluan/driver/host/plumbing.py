@@ -50,20 +50,13 @@ from qingluan.driver.host.ovs import (
 from qingluan.driver.interfaces import SweepReport
 from qingluan.driver.protocol import PHYSNET_OPTION, UPLINK_OPTION
 from qingluan.driver.uplinks import DEFAULT_PHYSNET, carries_default_route
-from qingluan.model import DatapathType, Endpoint, Network, NetworkModel
+from qingluan.model import DatapathType, Endpoint, Network
+from qingluan.modes import UPLINK_MODELS, has_gateway_dev, is_natted, is_tunnelled
 
 log = logging.getLogger(__name__)
 
 LINK_PREFIXES = (names.ENDPOINT_PORT, names.ENDPOINT_PEER, names.GATEWAY_DEV, names.GATEWAY_PORT)
 PORT_PREFIXES = (names.ENDPOINT_PORT, names.GATEWAY_PORT)
-GATEWAY_DEV_MODELS = frozenset({NetworkModel.NAT, NetworkModel.NONAT})
-# models whose endpoint traffic leaves the host through an OVS tunnel port
-TUNNELLED_MODELS = frozenset({NetworkModel.VXLAN})
-
-
-def is_tunnelled(network: Network) -> bool:
-    """Whether traffic of ``network``'s ports goes through an OVS tunnel (VXLAN)."""
-    return network.model in TUNNELLED_MODELS
 
 
 def tx_offload_off_needed(
@@ -84,9 +77,9 @@ def tx_offload_off_needed(
 
 
 def network_uplink(network: Network) -> tuple[str, str] | None:
-    """(physnet, NIC) a flat network was created with (its options), if any."""
+    """(physnet, NIC) a flat or vlan network was created with (its options), if any."""
     nic = network.options.get(UPLINK_OPTION)
-    if network.model is not NetworkModel.FLAT or not nic:
+    if network.model not in UPLINK_MODELS or not nic:
         return None
     return network.options.get(PHYSNET_OPTION) or DEFAULT_PHYSNET, nic
 
@@ -111,7 +104,7 @@ def plan_sweep(
 ) -> SweepPlan:
     """Given the qingluan-named veths and bridge ports present, what to fix and remove."""
     by_net = {n.id: n for n in networks}
-    gateways = [n for n in networks if n.model in GATEWAY_DEV_MODELS]
+    gateways = [n for n in networks if has_gateway_dev(n)]
     local_eps = [e for e in endpoints if e.network_id in by_net]
     keep_links = {names.gateway_dev(n.id) for n in gateways} | {
         names.gateway_port(n.id) for n in gateways
@@ -254,7 +247,7 @@ class LinuxHost:
             self.links.set(port, up=True)
             self.links.set(dev, up=True)
             self._attach(port, {OWNER_KEY: OWNER, NETWORK_KEY: network.id}, created, undo)
-            if network.model is NetworkModel.NAT and not network.internal:
+            if is_natted(network):
                 self.tuning.sysctl("net.ipv4.ip_forward", "1")
                 self.tuning.sysctl(f"net.ipv4.conf.{dev}.route_localnet", "1")
             undo.pop_all()
@@ -299,7 +292,7 @@ class LinuxHost:
                 undo.callback(self._silently, self.links.delete, port)
             self._offloads(port, peer, tunnelled=is_tunnelled(network))
             self._quiet(port)
-            if network.model is NetworkModel.NAT and not network.internal:
+            if is_natted(network):
                 # the kernel checks loopback routing on the device where the
                 # container's replies enter: needed for -p via 127.0.0.1
                 self.tuning.sysctl(f"net.ipv4.conf.{port}.route_localnet", "1")
