@@ -18,6 +18,11 @@ ENDPOINT_PEER = "qlc"
 GATEWAY_DEV = "qlg"
 GATEWAY_PORT = "qlb"
 
+# the bridge's one flow-based VXLAN port (remote_ip=flow, key=flow)
+TUNNEL_PORT = "qltun"
+# the underlay bridge of the userspace datapath: the underlay NIC, the VTEP address
+UNDERLAY_BRIDGE = "br-qlphy"
+
 ID_CHARS = IFNAME_MAX - 3
 
 
@@ -54,10 +59,16 @@ def mac_from_key(prefix: bytes, key: int) -> str:
 # 'Q' | 0x02 clear of multicast: 0x52 is locally administered and unicast.
 GATEWAY_MAC_PREFIX = b"\x52\x4c"  # "RL"
 ENDPOINT_MAC_PREFIX = b"\x52\x45"  # "RE"
+ANYCAST_MAC_PREFIX = b"\x52\x56"  # "RV"
 
 
 def gateway_mac(network_key: int) -> str:
     return mac_from_key(GATEWAY_MAC_PREFIX, network_key)
+
+
+def anycast_gateway_mac(vni: int) -> str:
+    """The gateway MAC of a vxlan network: the same on every host (distributed gateway)."""
+    return mac_from_key(ANYCAST_MAC_PREFIX, vni)
 
 
 def endpoint_mac(endpoint_id: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from qingluan.api_schema import FlowDump, ReconcileResult
+from qingluan.controller.pipeline import Peer
 from qingluan.model import Endpoint, Host, Network
 
 
@@ -23,6 +24,9 @@ class StateSource(Protocol):
 
         Raises ``qingluan.errors.NotFound`` for an unknown host.
         """
+
+    def peers(self, host: str) -> list[Peer]:
+        """The other hosts' sides of the host's vxlan networks (see ``pipeline.Peer``)."""
 
 
 class Converger(Protocol):

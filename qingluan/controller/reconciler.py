@@ -54,13 +54,16 @@ from qingluan.controller.ofvocab import (
     SwitchFlow,
     SwitchGroup,
 )
+from qingluan.controller.pipeline.bridge import Peer
 from qingluan.controller.pipeline.flow import BridgeState, Flow, Group
 from qingluan.errors import NotFound, QingluanError, Timeout, Unavailable
 from qingluan.model import Endpoint, Host, Network
 
 log = logging.getLogger(__name__)
 
-ComputeFn = Callable[[Sequence[Network], Sequence[Endpoint], Mapping[str, int]], BridgeState]
+ComputeFn = Callable[
+    [Sequence[Network], Sequence[Endpoint], Mapping[str, int], Sequence[Peer]], BridgeState
+]
 FlowKey = tuple[int, int, tuple[tuple[str, object], ...]]
 
 MAX_XID = 0xFFFF_FFFF
@@ -461,6 +464,7 @@ class Reconciler:
         self, host: str, started: float, deadline: float, require_ports: tuple[str, ...]
     ) -> _Outcome:
         host_obj, networks, endpoints = self._state.host_state(host)
+        peers = self._state.peers(host)
         with self._cond:
             conn = self._conns.get(host_obj.dpid)
         if conn is None:
@@ -470,7 +474,7 @@ class Reconciler:
             )
         ports = self._wait_ports(conn, host_obj, require_ports, deadline)
         try:
-            computed = self._compute(networks, endpoints, ports)
+            computed = self._compute(networks, endpoints, ports, peers)
         except ValueError as exc:
             raise QingluanError(f"host {host}: cannot compute its flows: {exc}") from exc
         desired = normalized_state(computed)

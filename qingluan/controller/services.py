@@ -18,7 +18,7 @@ Store layout (one JSON document per key)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -47,6 +47,7 @@ from qingluan.controller.config import (
     ControllerConfig,
 )
 from qingluan.controller.interfaces import Converger
+from qingluan.controller.pipeline import Peer
 from qingluan.controller.store import KeyValue, Store
 from qingluan.errors import Conflict, NotFound, QingluanError, Unavailable
 from qingluan.model import Allocation, Endpoint, Host, Network, NetworkModel, Pool
@@ -108,6 +109,52 @@ def _short(docker_id: str) -> str:
     return docker_id[:12]
 
 
+def underlay_ip(address: str) -> str:
+    """A host's underlay address without a prefix length."""
+    return address.split("/", 1)[0]
+
+
+def tunnel_peers(
+    host: str, hosts: Mapping[str, Host], networks: Sequence[Network], endpoints: Sequence[Endpoint]
+) -> list[Peer]:
+    """The other hosts' sides of ``host``'s vxlan networks (same VNI), with their endpoints.
+
+    A host without an underlay address cannot be tunnelled to: it is left out.
+    """
+    vnis = {n.vni for n in networks if n.host == host and n.model is NetworkModel.VXLAN}
+    by_network: dict[str, list[Endpoint]] = {}
+    for endpoint in endpoints:
+        by_network.setdefault(endpoint.network_id, []).append(endpoint)
+    out: list[Peer] = []
+    for network in networks:
+        if network.model is not NetworkModel.VXLAN or network.host == host:
+            continue
+        other = hosts.get(network.host)
+        if network.vni not in vnis or network.vni is None or other is None or not other.address:
+            continue
+        out.append(
+            Peer(
+                host=other.name,
+                address=underlay_ip(other.address),
+                vni=network.vni,
+                endpoints=tuple(by_network.get(network.id, ())),
+            )
+        )
+    return out
+
+
+def tunnel_neighbours(host: str, networks: Sequence[Network]) -> list[str]:
+    """Hosts that share a VNI with ``host``: their bridges tunnel to it."""
+    vnis = {n.vni for n in networks if n.host == host and n.model is NetworkModel.VXLAN}
+    return sorted(
+        {
+            n.host
+            for n in networks
+            if n.model is NetworkModel.VXLAN and n.vni in vnis and n.host != host
+        }
+    )
+
+
 class StoreState:
     """``interfaces.StateSource`` read from the store: what the reconciler needs.
 
@@ -131,6 +178,13 @@ class StoreState:
             networks = [n for n in _all(tx, NETWORKS, Network) if n.host == host]
             endpoints = [e for e in _all(tx, ENDPOINTS, Endpoint) if e.host == host]
         return found, networks, endpoints
+
+    def peers(self, host: str) -> list[Peer]:
+        with self._store.transaction() as tx:
+            hosts = {h.name: h for h in _all(tx, HOSTS, Host)}
+            networks = _all(tx, NETWORKS, Network)
+            endpoints = _all(tx, ENDPOINTS, Endpoint)
+        return tunnel_peers(host, hosts, networks, endpoints)
 
 
 class Services(StoreState):
@@ -175,6 +229,15 @@ class Services(StoreState):
         except Unavailable as exc:
             log.info("host %s: not converged now (%s); it will be on connect", host, exc)
 
+    def _converge_neighbours(self, host: str, networks: Sequence[Network] | None = None) -> None:
+        """Converge the hosts that tunnel to ``host`` (their view of it changed).
+
+        ``networks``: the state to judge by (before a deletion, so that hosts
+        that shared a network just removed are still found)."""
+        known = _all(self._store, NETWORKS, Network) if networks is None else networks
+        for other in tunnel_neighbours(host, known):
+            self._converge_soon(other)
+
     def _converge_after_rollback(self, host: str, cause: BaseException) -> None:
         """After undoing a change whose converge failed: take its flows off again."""
         if isinstance(cause, Unavailable):
@@ -212,9 +275,12 @@ class Services(StoreState):
                     raise Conflict(
                         f"datapath id {host.dpid:#x} is already the bridge of host {other.name}"
                     )
-            if _load(tx, host_key(name), Host) != host:
+            before = _load(tx, host_key(name), Host)
+            if before != host:
                 tx.put(host_key(name), host)
         self._converge_soon(name)
+        if before is None or before.address != host.address:
+            self._converge_neighbours(name)
         return self._host_status(host)
 
     def list_hosts(self) -> list[HostStatus]:
@@ -359,7 +425,11 @@ class Services(StoreState):
                     pool_id=pool.id,
                     subnet=pool.subnet,
                     gateway=ipam.pool_gateway(pool),
-                    gateway_mac=names.gateway_mac(key),
+                    gateway_mac=(
+                        names.anycast_gateway_mac(body.vni)
+                        if body.model is NetworkModel.VXLAN and body.vni is not None
+                        else names.gateway_mac(key)
+                    ),
                     mtu=mtu,
                     internal=body.internal,
                     vni=body.vni,
@@ -376,6 +446,8 @@ class Services(StoreState):
                 self._undo_network(network)
                 self._converge_after_rollback(network.host, exc)
             raise
+        if created and network.model is NetworkModel.VXLAN:
+            self._converge_neighbours(network.host)
         return network, created
 
     def _undo_network(self, network: Network) -> None:
@@ -426,9 +498,12 @@ class Services(StoreState):
             if left:
                 ids = ", ".join(_short(e.id) for e in left)
                 raise Conflict(f"network {ipam.network_label(network)} still has endpoints: {ids}")
+            before = _all(tx, NETWORKS, Network)
             tx.delete(network_key(network_id))
             self._unbind(tx, network)
         self._converge_soon(network.host)
+        if network.model is NetworkModel.VXLAN:
+            self._converge_neighbours(network.host, before)
 
     # ---- endpoints -----------------------------------------------------------
 
@@ -492,6 +567,10 @@ class Services(StoreState):
                 self._undo_endpoint(endpoint, network.pool_id, added)
                 self._converge_after_rollback(endpoint.host, exc)
             raise
+        if created and network.model is NetworkModel.VXLAN:
+            # the other hosts learn the new endpoint before Join returns: replies from
+            # their containers are tunnelled back from the first packet
+            self._converge_neighbours(endpoint.host)
         return EndpointStatus(endpoint=endpoint, flows_confirmed=True), created
 
     def _undo_endpoint(self, endpoint: Endpoint, pool_id: str, added: Allocation | None) -> None:
@@ -538,7 +617,10 @@ class Services(StoreState):
             if endpoint is None:
                 return
             tx.delete(endpoint_key(endpoint_id))
+            network = _load(tx, network_key(endpoint.network_id), Network)
         self._converge_soon(endpoint.host)
+        if network is not None and network.model is NetworkModel.VXLAN:
+            self._converge_neighbours(endpoint.host)
 
     # ---- status --------------------------------------------------------------
 

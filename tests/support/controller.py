@@ -34,6 +34,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
+from qingluan.controller.pipeline.bridge import Peer
 from qingluan.controller.pipeline.flow import BridgeState, CookieKind, Flow, cookie
 from qingluan.errors import NotFound
 from qingluan.model import Endpoint, Host, Network
@@ -70,15 +71,22 @@ class FakeState:
                 list(self.endpoints.get(host, [])),
             )
 
+    def peers(self, host: str) -> list[Peer]:
+        return []
+
     def compute(
-        self, networks: Sequence[Network], endpoints: Sequence[Endpoint], ports: Mapping[str, int]
+        self,
+        networks: Sequence[Network],
+        endpoints: Sequence[Endpoint],
+        ports: Mapping[str, int],
+        peers: Sequence[Peer] = (),
     ) -> BridgeState:
         with self._lock:
             desired, port_flows = self.desired, self.port_flows
         if desired is None:
             from qingluan.controller.pipeline import compute_bridge
 
-            return compute_bridge(networks, endpoints, ports)
+            return compute_bridge(networks, endpoints, ports, peers)
         if not port_flows:
             return desired
         extra = {

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from qingluan import names
 from qingluan.api_schema import (
     AddressRequest,
     EndpointCreate,
@@ -568,3 +569,58 @@ def test_one_flat_network_per_uplink_nic_on_a_host(svc: Services) -> None:
         _flat(svc, NET2, "192.168.160.0/24", "eth1")
     assert svc.list_networks() == before
     _flat(svc, NET2, "192.168.160.0/24", "eth2")  # another NIC is fine
+
+
+# ---- vxlan: peers and the hosts that tunnel to each other -----------------------
+
+
+def vxlan_cluster(store: SqliteStore) -> tuple[Services, RecordingConverger]:
+    conv = RecordingConverger()
+    svc = Services(store, conv)
+    for i, name in enumerate(("h1", "h2", "h3"), start=1):
+        svc.register_host(name, reg(i).model_copy(update={"address": f"172.31.0.{10 + i}"}))
+    for name, nid in (("h1", NET1), ("h2", NET2)):
+        reply, _ = svc.request_pool(
+            PoolRequest(pool="vxlan", options={"pool": "vxlan", "vni": "5000"})
+        )
+        svc.request_address(reply.pool_id, AddressRequest(gateway=True))
+        svc.create_network(
+            nid, NetworkCreate(host=name, model=NetworkModel.VXLAN, pool_id=reply.pool_id, vni=5000)
+        )
+    conv.calls.clear()
+    return svc, conv
+
+
+def test_a_vxlan_network_on_two_hosts_is_one_subnet_with_one_gateway_mac(
+    store: SqliteStore,
+) -> None:
+    svc, _ = vxlan_cluster(store)
+    one, two = svc.get_network(NET1), svc.get_network(NET2)
+    assert one.subnet == two.subnet and one.gateway == two.gateway
+    assert one.gateway_mac == two.gateway_mac == names.anycast_gateway_mac(5000)
+    assert one.key != two.key
+
+
+def test_peers_are_the_other_hosts_with_the_vni_and_their_endpoints(store: SqliteStore) -> None:
+    svc, conv = vxlan_cluster(store)
+    run_container(svc, "e" * 64, MAC_A, nid=NET2)
+    # the endpoint on h2 is made known to h1 before CreateEndpoint returns; h3 has no part
+    assert conv.calls == [("h2", ("qlv" + "0a" * 6,)), ("h1", ())]
+    [peer] = svc.peers("h1")
+    assert (peer.host, peer.address, peer.vni) == ("h2", "172.31.0.12", 5000)
+    assert [e.id for e in peer.endpoints] == ["e" * 64]
+    assert [p.host for p in svc.peers("h2")] == ["h1"] and svc.peers("h3") == []
+    conv.calls.clear()
+    svc.delete_endpoint("e" * 64)
+    assert conv.calls == [("h2", ()), ("h1", ())]
+
+
+def test_a_host_joining_or_leaving_a_vni_converges_the_others(store: SqliteStore) -> None:
+    svc, conv = vxlan_cluster(store)
+    svc.register_host("h2", reg(2).model_copy(update={"address": "172.31.0.99"}))
+    assert conv.calls == [("h2", ()), ("h1", ())]  # a new underlay address: h1 re-points
+    assert svc.peers("h1")[0].address == "172.31.0.99"
+    conv.calls.clear()
+    svc.delete_network(NET2)
+    assert conv.calls == [("h2", ()), ("h1", ())]
+    assert svc.peers("h1") == []

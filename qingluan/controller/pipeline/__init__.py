@@ -5,6 +5,6 @@ vocabulary, ``tables.py`` the declared tables, ``sim.py`` an evaluator that
 runs a packet through the result.
 """
 
-from qingluan.controller.pipeline.bridge import compute_bridge
+from qingluan.controller.pipeline.bridge import Peer, compute_bridge
 
-__all__ = ["compute_bridge"]
+__all__ = ["Peer", "compute_bridge"]

@@ -89,6 +89,16 @@ class Member:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """A vxlan network as another host has it: where to tunnel, and its endpoints there."""
+
+    host: str
+    address: str  # the host's underlay (VTEP) address
+    vni: int
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True)
 class LocalNetwork:
     """A network as the bridge sees it: the network and its ports present on the switch."""
 
@@ -96,6 +106,8 @@ class LocalNetwork:
     gateway: Member | None
     endpoints: tuple[Member, ...]  # sorted by port number
     uplink: int | None = None  # OpenFlow port of the network's uplink NIC (flat), if on the bridge
+    tunnel: int | None = None  # OpenFlow port of the bridge's VXLAN port (vxlan), if on it
+    peers: tuple[Peer, ...] = ()  # vxlan: the other hosts that have the network
 
     @property
     def members(self) -> tuple[Member, ...]:
@@ -359,12 +371,88 @@ def vlan_segment(local: LocalNetwork) -> Segment:
     return Segment((*base.flows, OwnedFlows(f"trunk of network {network.id}", flows)), buckets)
 
 
+def tunnel_to(peer: Peer, tunnel: int) -> tuple[Action, ...]:
+    return (
+        SetField("tunnel_id", peer.vni),
+        SetField("tun_ipv4_dst", peer.address),
+        Output(tunnel),
+    )
+
+
+def remote_endpoint_flows(
+    network: Network, endpoint: Endpoint, peer: Peer, tunnel: int
+) -> OwnedFlows:
+    """An endpoint of another host, as this bridge serves it: ARP answered here,
+    unicast (by address, and by MAC) straight into the tunnel to its host."""
+    member = Member(
+        owner=f"endpoint {endpoint.id} on host {peer.host}",
+        port=tunnel,
+        mac=endpoint.mac.lower(),
+        ip=endpoint.address,
+        cookie=cookie(CookieKind.ENDPOINT, endpoint.id),
+    )
+    to_peer = tunnel_to(peer, tunnel)
+    meta = network_metadata(network)
+    flows = (
+        arp_responder_flow(network, member),
+        Flow.make(
+            int(Table.L2),
+            IP_UNICAST_PRIORITY,
+            {"metadata": meta, "eth_type": ETH_TYPE_IPV4, "ipv4_dst": member.ip},
+            (SetField("eth_dst", member.mac), *to_peer),
+            cookie=member.cookie,
+        ),
+        Flow.make(
+            int(Table.L2),
+            UNICAST_PRIORITY,
+            {"metadata": meta, "eth_dst": member.mac},
+            to_peer,
+            cookie=member.cookie,
+        ),
+    )
+    return OwnedFlows(member.owner, flows)
+
+
+def vxlan_segment(local: LocalNetwork) -> Segment:
+    """A vxlan network: the local part, plus the tunnel to every other host that has it.
+
+    Traffic from the tunnel port with the network's VNI enters the network.
+    Every endpoint of another host gets three flows here (ARP answer, unicast
+    by address and by MAC into the tunnel to its host), so ARP for known
+    addresses never crosses the underlay. Broadcast goes once to each other
+    host (one bucket per host: head-end replication); a copy that came in from
+    the tunnel is never sent back into it (an ALL group skips the in_port), so
+    each host floods only its own ports. Unknown unicast is dropped: every
+    address of the network is known.
+    """
+    base = local_segment(local)
+    network, tunnel, vni = local.network, local.tunnel, local.network.vni
+    if tunnel is None or vni is None:
+        return base
+    classify = Flow.make(
+        int(Table.CLASSIFY),
+        PORT_PRIORITY,
+        {"in_port": tunnel, "tunnel_id": vni},
+        write_metadata=outside_metadata(network),
+        goto=int(Table.QUARANTINE),
+        cookie=cookie(CookieKind.NETWORK, network.id),
+    )
+    flows = [*base.flows, OwnedFlows(f"tunnel of network {network.id}", (classify,))]
+    buckets = list(base.flood_buckets)
+    for peer in sorted(local.peers, key=lambda p: (p.address, p.host)):
+        buckets.append(tunnel_to(peer, tunnel))
+        for endpoint in sorted(peer.endpoints, key=lambda e: e.id):
+            flows.append(remote_endpoint_flows(network, endpoint, peer, tunnel))
+    return Segment(tuple(flows), tuple(buckets))
+
+
 # One builder per model: the local part, plus uplink (flat) or tunnel pieces on top.
 SEGMENT_BUILDERS: Mapping[NetworkModel, Callable[[LocalNetwork], Segment]] = {
     NetworkModel.NONAT: local_segment,
     NetworkModel.NAT: local_segment,
     NetworkModel.FLAT: flat_segment,
     NetworkModel.VLAN: vlan_segment,
+    NetworkModel.VXLAN: vxlan_segment,
 }
 
 
@@ -423,7 +511,10 @@ def endpoint_member(endpoint: Endpoint, ports: Mapping[str, int]) -> Member | No
 
 
 def local_networks(
-    networks: Sequence[Network], endpoints: Sequence[Endpoint], ports: Mapping[str, int]
+    networks: Sequence[Network],
+    endpoints: Sequence[Endpoint],
+    ports: Mapping[str, int],
+    peers: Sequence[Peer] = (),
 ) -> list[LocalNetwork]:
     """Group the endpoints by network, keeping only ports the switch reports.
 
@@ -441,6 +532,8 @@ def local_networks(
             gateway=gateway_member(n, ports),
             endpoints=tuple(sorted(members[n.id], key=lambda m: (m.port, m.owner))),
             uplink=ports.get(n.options.get(UPLINK_OPTION, "")),
+            tunnel=ports.get(names.TUNNEL_PORT) if n.model is NetworkModel.VXLAN else None,
+            peers=tuple(p for p in peers if n.model is NetworkModel.VXLAN and p.vni == n.vni),
         )
         for n in sorted(networks, key=lambda n: n.key)
     ]
@@ -487,12 +580,16 @@ class _Collector:
 
 
 def compute_bridge(
-    networks: Sequence[Network], endpoints: Sequence[Endpoint], ports: Mapping[str, int]
+    networks: Sequence[Network],
+    endpoints: Sequence[Endpoint],
+    ports: Mapping[str, int],
+    peers: Sequence[Peer] = (),
 ) -> BridgeState:
     """The flows and groups one host's bridge must hold.
 
     ``networks`` and ``endpoints`` are this host's; ``ports`` maps port names
-    to OpenFlow port numbers as the switch reports them. A gateway or an
+    to OpenFlow port numbers as the switch reports them; ``peers`` are the
+    other hosts' sides of this host's vxlan networks (matched by VNI). A gateway or an
     endpoint whose port is not on the bridge yet gets no flow and no bucket;
     its network still gets the rest. Raises ``Conflict`` when two owners need
     the same flow identity or group id, ``ValueError`` for a key that does not
@@ -500,7 +597,7 @@ def compute_bridge(
     """
     out = _Collector()
     out.add_flows(table_miss_flows(), "the pipeline")
-    for local in local_networks(networks, endpoints, ports):
+    for local in local_networks(networks, endpoints, ports, peers):
         network = local.network
         _check_key(network)
         owner = f"network {network.id}"
