@@ -139,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable; never the NIC of the default route)",
     )
     drv.add_argument(
+        "--underlay-address",
+        default=None,
+        metavar="IP/LEN",
+        help="this host's VXLAN tunnel endpoint address, e.g. 172.31.0.11/24",
+    )
+    drv.add_argument(
+        "--underlay-nic",
+        default=None,
+        metavar="NIC",
+        help="userspace datapath: the NIC that carries the underlay; it goes on bridge "
+        "br-qlphy with the underlay address (never the NIC of the default route)",
+    )
+    drv.add_argument(
         "--resync-interval",
         type=float,
         default=60.0,

@@ -222,6 +222,9 @@ class HttpControllerClient:
     def register_host(self, name: str, body: HostRegistration) -> HostStatus:
         return self._json(self._send("PUT", f"/hosts/{_seg(name)}", body=body), HostStatus)
 
+    def list_hosts(self) -> list[HostStatus]:
+        return self._json_list(self._send("GET", "/hosts"), HostStatus)
+
     # ---- IPAM ----
 
     def request_pool(self, body: PoolRequest) -> PoolReply:

@@ -203,6 +203,12 @@ class NetworkDriver:
             if opts.model in UPLINK_MODELS:
                 uplink = self._uplink(extra)  # before the PUT: a refusal changes nothing
                 extra[PHYSNET_OPTION], extra[UPLINK_OPTION] = uplink
+            if opts.model is NetworkModel.VXLAN and not self._host_ops.has_underlay():
+                raise InvalidRequest(
+                    f"host {self.host} has no VXLAN tunnel endpoint: start qingluan driver "
+                    "with --underlay-address IP/LEN (and --underlay-nic NIC on the "
+                    "userspace datapath)"
+                )
             mtu = opts.mtu
             if mtu is None and opts.model is NetworkModel.VXLAN:
                 underlay = self._host_ops.underlay_mtu()

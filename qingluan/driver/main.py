@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 from qingluan.driver.client import DEFAULT_URL
+from qingluan.driver.host.tunnel import parse_underlay_address
 from qingluan.driver.learner import default_docker_host
 from qingluan.driver.service import DriverConfig, run_driver
 from qingluan.driver.uplinks import parse_uplinks
@@ -30,8 +31,11 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
     address = getattr(args, "underlay_address", None)
     try:
         uplinks = parse_uplinks(getattr(args, "uplink", None) or [])
+        if address:
+            address = str(parse_underlay_address(str(address)))
     except ValueError as exc:
         raise SystemExit(f"qingluan driver: {exc}") from None
+    nic = getattr(args, "underlay_nic", None)
     return DriverConfig(
         host=str(get("host_name", socket.gethostname())),
         controller_url=str(get("controller", os.environ.get("QINGLUAN_CONTROLLER") or DEFAULT_URL)),
@@ -43,6 +47,7 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
         chain_prefix=str(get("chain_prefix", defaults.chain_prefix)),
         datapath_type=None if datapath == "auto" else DatapathType(datapath),
         underlay_address=str(address) if address else None,
+        underlay_nic=str(nic) if nic else None,
         netns=str(netns) if netns else None,
         docker_host=str(get("docker_host", default_docker_host())),
         resync_interval=float(str(get("resync_interval", defaults.resync_interval))),

@@ -74,7 +74,8 @@ class DriverConfig:
     ipam_plugin: str = "qingluanIpam"
     chain_prefix: str = DEFAULT_PREFIX
     datapath_type: DatapathType | None = None  # None: detect (system if the kernel has OVS)
-    underlay_address: str | None = None  # this host's address for cross-host modes
+    underlay_address: str | None = None  # VXLAN tunnel endpoint, IP/LEN (--underlay-address)
+    underlay_nic: str | None = None  # userspace datapath: the NIC that carries the underlay
     netns: str | None = None  # manage this network namespace instead of the root one
     controller_timeout: float = 10.0
     startup_wait: float = 20.0  # how long a Docker call waits for start-up to finish
@@ -137,6 +138,7 @@ class Driver:
             chain_prefix=config.chain_prefix,
             datapath_type=config.datapath_type,
             underlay_address=config.underlay_address,
+            underlay_nic=config.underlay_nic,
         )
         learner = NameLearner(
             host=config.host, controller=controller, docker=DockerApi(config.docker_host)
@@ -155,7 +157,7 @@ class Driver:
                 dpid=dpid,
                 bridge=self.host_ops.bridge,
                 datapath_type=self.host_ops.datapath_type,
-                address=cfg.underlay_address,
+                address=cfg.underlay_address.split("/", 1)[0] if cfg.underlay_address else None,
             ),
         )
         log.info(
@@ -179,9 +181,22 @@ class Driver:
             report.endpoints_missing,
             report.errors,
         )
+        if self.host_ops.has_underlay():
+            self._warm_tunnels()
         if self.learner is not None:  # only enqueues: names of networks made before, or renamed
             self.learner.notify_many(n.id for n in networks)
         return report
+
+    def _warm_tunnels(self) -> None:
+        try:
+            others = [
+                h.host.address
+                for h in self.controller.list_hosts()
+                if h.host.name != self.config.host and h.host.address
+            ]
+            self.host_ops.warm_tunnels(others)
+        except Exception as exc:
+            log.warning("could not resolve the other hosts' underlay addresses: %s", exc)
 
     def sync_until_ready(self) -> None:
         """Retry ``sync_once`` with backoff until it works or the driver stops."""

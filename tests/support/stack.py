@@ -7,7 +7,11 @@
   real ``qingluan driver`` process; the host reaches the controller over a
   veth on the management bridge;
 - per host an **outside** namespace (203.0.113.2) behind the host's uplink
-  address 203.0.113.1: the "internet" of NAT tests.
+  address 203.0.113.1: the "internet" of NAT tests;
+- with ``lan=True`` a simulated physical LAN (switch + router, tests/support/lan.py)
+  with every host's ``eth1`` on it; with ``underlay=True`` an underlay bridge for
+  VXLAN with every host's ``eth2`` on it (``SimHost.underlay_address`` is the
+  address the driver is told to use, ``--underlay-address ... --underlay-nic eth2``).
 
 Nothing touches the machine's own interfaces, routes or iptables: all NAT
 rules live in the simulated hosts' namespaces. Everything is removed by
@@ -28,7 +32,7 @@ import httpx
 
 from tests.support.dockerd import DockerCommandError, IsolatedDockerd
 from tests.support.image import ensure_images
-from tests.support.lan import Lan
+from tests.support.lan import UNDERLAY_NIC, Lan, Underlay, used_networks
 from tests.support.ovs import Netns, OvsInstance, veth
 from tests.support.proc import Proc, free_port, run
 
@@ -39,15 +43,7 @@ OUTSIDE_IP = "203.0.113.2"
 QL = ("--driver", "qingluan", "--ipam-driver", "qingluanIpam")
 
 
-def _used_networks() -> list[ipaddress.IPv4Network]:
-    out = run(["ip", "-4", "route", "show", "table", "all"])
-    nets = []
-    for line in out.splitlines():
-        word = line.split()[0] if line.split() else ""
-        with contextlib.suppress(ValueError):
-            if word not in ("default", "broadcast", "local", "unreachable"):
-                nets.append(ipaddress.IPv4Network(word, strict=False))
-    return nets
+_used_networks = used_networks  # kept for callers of the old name
 
 
 def _free_management_subnet() -> ipaddress.IPv4Network:
@@ -76,15 +72,35 @@ class SimHost:
         self.driver: Proc | None = None
         self.mgmt_ip = str(stack.mgmt_net[10 + index])
         self.mgmt_dev = f"qlm{stack.tag}{index}"
+        # "172.31.n.(10+index)/24" with underlay=True: the driver's --underlay-address
+        self.underlay_address: str | None = (
+            stack.underlay.address(index) if stack.underlay is not None else None
+        )
+        self._network_up = False
 
     # ---- life cycle ----
 
     def start(self) -> None:
+        self.start_network()
+        self.start_services()
+
+    def start_network(self) -> None:
+        """The namespace and its cables (management, outside, LAN eth1, underlay eth2):
+        no OVS, dockerd or driver yet. Done once."""
+        if self._network_up:
+            return
+        self._network_up = True
         self.netns.create()
         self._link_management()
         self._link_outside()
         if self.stack.lan is not None:
             self.stack.lan.attach(self.netns, "eth1", f"p-{self.name}")
+        if self.stack.underlay is not None:
+            # no address here: the driver puts underlay_address on its OVS bridge
+            self.stack.underlay.attach(self.netns, f"u-{self.name}", UNDERLAY_NIC)
+
+    def start_services(self) -> None:
+        """OVS, the driver, dockerd (and the test images) in the host's namespace."""
         # default work dir: a short /tmp path (unix socket paths are limited to 108 bytes)
         self.ovs = OvsInstance(netns=self.netns.name, userspace_tso=self.userspace_tso).start()
         self.dockerd = IsolatedDockerd(netns=self.netns.name)
@@ -133,9 +149,16 @@ class SimHost:
             "--resync-interval",
             "3",
             *(["--uplink", "physnet1:eth1"] if self.stack.lan is not None else []),
+            *self.underlay_argv(),
             "--log-level",
             "info",
         ]
+
+    def underlay_argv(self) -> list[str]:
+        """The driver's underlay flags (none without ``Stack(underlay=True)``)."""
+        if self.underlay_address is None:
+            return []
+        return ["--underlay-address", self.underlay_address, "--underlay-nic", UNDERLAY_NIC]
 
     def start_driver(self) -> None:
         assert self.dockerd is not None
@@ -209,10 +232,14 @@ class Stack:
         *,
         userspace_tso: bool = False,
         lan: bool = False,
+        underlay: bool = False,
     ) -> None:
         """``userspace_tso``: every host's OVS starts with userspace TSO enabled.
         ``lan``: a simulated physical LAN (tests/support/lan.py) with every host's
-        ``eth1`` on it, for the cross-host modes."""
+        ``eth1`` on it, for the cross-host modes.
+        ``underlay``: an underlay bridge ``ul0`` (in the LAN's switch namespace, or in
+        its own) with every host's ``eth2`` on it, for VXLAN; the drivers get
+        ``--underlay-address SimHost.underlay_address --underlay-nic eth2``."""
         self.workdir = workdir
         self.tag = secrets.token_hex(3)
         self.mgmt_net = _free_management_subnet()
@@ -223,7 +250,11 @@ class Stack:
         self.state_dir = workdir / "controller"
         self.token_file = self.state_dir / "token"
         self.controller: Proc | None = None
+        self._network_up = False
         self.lan = Lan(self.tag) if lan else None
+        self.underlay = (
+            Underlay(self.tag, switch=self.lan.switch if self.lan else None) if underlay else None
+        )
         self.hosts = [
             SimHost(self, name, i, userspace_tso=userspace_tso) for i, name in enumerate(host_names)
         ]
@@ -238,18 +269,31 @@ class Stack:
 
     def start(self) -> Stack:
         try:
+            self.start_network()
+            self.start_controller()
+            for host in self.hosts:
+                host.start_services()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def start_network(self) -> Stack:
+        """Only the wiring: management bridge, LAN, underlay, every host's namespace and
+        cables; no controller, OVS, dockerd or driver (``start()`` does it all). Call
+        ``close()`` afterwards in any case."""
+        if not self._network_up:
+            self._network_up = True
             run(["ip", "link", "add", self.mgmt_bridge, "type", "bridge"])
             prefix = self.mgmt_net.prefixlen
             run(["ip", "addr", "add", f"{self.mgmt_ip}/{prefix}", "dev", self.mgmt_bridge])
             run(["ip", "link", "set", self.mgmt_bridge, "up"])
             if self.lan is not None:
                 self.lan.start()
-            self.start_controller()
-            for host in self.hosts:
-                host.start()
-        except BaseException:
-            self.close()
-            raise
+            if self.underlay is not None:
+                self.underlay.start()
+        for host in self.hosts:
+            host.start_network()
         return self
 
     def controller_argv(self) -> list[str]:
@@ -287,6 +331,8 @@ class Stack:
             host.close()
         if self.controller is not None:
             self.controller.stop()
+        if self.underlay is not None:
+            self.underlay.close()
         if self.lan is not None:
             self.lan.close()
         run(["ip", "link", "del", self.mgmt_bridge], check=False)

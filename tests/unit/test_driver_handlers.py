@@ -85,6 +85,9 @@ class FakeController:
         host = Host(name=name, dpid=body.dpid, bridge=body.bridge, datapath_type=body.datapath_type)
         return HostStatus(host=host, connected=True)
 
+    def list_hosts(self) -> list[HostStatus]:
+        return []
+
     def request_pool(self, body: PoolRequest) -> PoolReply:
         self._call("request_pool", body)
         subnet = body.subnet or str(next(self._carve))
@@ -261,6 +264,12 @@ class FakeHost:
     def sweep(self, networks: Sequence[Network], endpoints: Sequence[Endpoint]) -> SweepReport:
         self._call("sweep", None)
         return SweepReport()
+
+    def has_underlay(self) -> bool:
+        return True
+
+    def warm_tunnels(self, addresses: Sequence[str]) -> None:
+        self.calls.append(("warm_tunnels", list(addresses)))
 
     def underlay_mtu(self) -> int | None:
         return self.mtu

@@ -196,6 +196,47 @@ class Ovs:
                 f"Open vSwitch cannot attach {port} to {bridge}: {error or 'no ofport'}"
             )
 
+    def ensure_vxlan_port(
+        self, bridge: str, port: str, *, local_ip: str, external_ids: Mapping[str, str]
+    ) -> None:
+        """A flow-based VXLAN port: the controller's flows set ``tun_id`` and ``tun_dst``."""
+        ids = [f"external_ids:{k}={v}" for k, v in sorted(external_ids.items())]
+        self.vsctl(
+            "--may-exist",
+            "add-port",
+            bridge,
+            port,
+            "--",
+            "set",
+            "interface",
+            port,
+            "type=vxlan",
+            "options:remote_ip=flow",
+            "options:key=flow",
+            f"options:local_ip={local_ip}",
+            *ids,
+        )
+        row = self.rows("interface", ["ofport", "error"], port)[0]
+        if row["error"] or row["ofport"] == -1:
+            raise HostError(
+                f"Open vSwitch cannot make the VXLAN port {port} on {bridge}: "
+                f"{row['error'] or 'no ofport'}"
+            )
+
+    def ensure_plain_bridge(self, name: str, *, datapath_type: DatapathType) -> None:
+        """A bridge that forwards by itself (NORMAL, no controller): the underlay bridge."""
+        self.vsctl(
+            "--may-exist",
+            "add-br",
+            name,
+            "--",
+            "set",
+            "bridge",
+            name,
+            f"datapath_type={datapath_type.value}",
+            "fail_mode=standalone",
+        )
+
     def del_port(self, bridge: str, port: str) -> None:
         """Detach ``port`` from ``bridge`` if it is there (never from another bridge)."""
         if port in self.port_names(bridge):

@@ -47,6 +47,7 @@ from qingluan.driver.host.ovs import (
     Ovs,
     detect_datapath_type,
 )
+from qingluan.driver.host.tunnel import Tunnel, parse_underlay_address
 from qingluan.driver.interfaces import SweepReport
 from qingluan.driver.protocol import PHYSNET_OPTION, UPLINK_OPTION
 from qingluan.driver.uplinks import DEFAULT_PHYSNET, carries_default_route
@@ -142,12 +143,14 @@ class LinuxHost:
         chain_prefix: str = DEFAULT_PREFIX,
         datapath_type: DatapathType | None = None,
         underlay_address: str | None = None,
+        underlay_nic: str | None = None,
         ovs_timeout: int = 10,
         userspace_tso: bool | None = None,
     ) -> None:
         """``userspace_tso``: None reads ``other_config:userspace-tso-enable`` from OVS
         (netdev datapath only) in every ``ensure_bridge`` and, if none ran yet,
-        at the first veth; True/False fixes it."""
+        at the first veth; True/False fixes it. ``underlay_address`` (``IP/LEN``)
+        and ``underlay_nic``: the VXLAN tunnel endpoint (``tunnel.Tunnel``)."""
         self._bridge = bridge
         self.runner = Runner(netns)
         self.ovs = Ovs(self.runner, db=ovsdb, timeout=ovs_timeout)
@@ -155,7 +158,19 @@ class LinuxHost:
         self.tuning = HostTuning(self.runner)
         self.iptables = Iptables(self.runner, chain_prefix)
         self._datapath_type = datapath_type or detect_datapath_type()
-        self._underlay_address = underlay_address
+        self.tunnel = (
+            Tunnel(
+                self.runner,
+                self.ovs,
+                self.links,
+                bridge=bridge,
+                address=parse_underlay_address(underlay_address),
+                nic=underlay_nic,
+                datapath_type=self._datapath_type,
+            )
+            if underlay_address
+            else None
+        )
         self._tso_fixed = userspace_tso
         self._tso: bool | None = userspace_tso
 
@@ -193,7 +208,16 @@ class LinuxHost:
         )
         if self._tso_fixed is None and self._datapath_type is DatapathType.NETDEV:
             self._tso = self._read_userspace_tso()
+        if self.tunnel is not None:
+            self.tunnel.ensure()
         return dpid
+
+    def has_underlay(self) -> bool:
+        return self.tunnel is not None
+
+    def warm_tunnels(self, addresses: Sequence[str]) -> None:
+        if self.tunnel is not None:
+            self.tunnel.warm(addresses)
 
     # ---- shared by gateways and endpoints ----
 
@@ -365,7 +389,7 @@ class LinuxHost:
 
     def underlay_mtu(self) -> int | None:
         try:
-            return self.links.route_mtu(self._underlay_address)
+            return self.links.route_mtu(self.tunnel.ip if self.tunnel else None)
         except Exception as exc:
             log.warning("cannot find the underlay MTU: %s", exc)
             return None
