@@ -60,6 +60,7 @@ def mac_from_key(prefix: bytes, key: int) -> str:
 GATEWAY_MAC_PREFIX = b"\x52\x4c"  # "RL"
 ENDPOINT_MAC_PREFIX = b"\x52\x45"  # "RE"
 ANYCAST_MAC_PREFIX = b"\x52\x56"  # "RV"
+UNDERLAY_MAC_PREFIX = b"\x52\x55"  # "RU"
 
 
 def gateway_mac(network_key: int) -> str:

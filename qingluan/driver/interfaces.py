@@ -147,6 +147,11 @@ class HostOps(Protocol):
         """Whether this host has a VXLAN tunnel endpoint (``--underlay-address``)."""
         ...
 
+    def underlay_ok(self) -> bool:
+        """The underlay is as the last sync left it (cheap: one netlink look-up);
+        True without an underlay."""
+        ...
+
     def warm_tunnels(self, addresses: Sequence[str]) -> None:
         """Make the datapath resolve these other hosts' underlay addresses now, so
         that the first tunnelled packet to them is not spent on resolution."""

@@ -31,6 +31,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ from qingluan.errors import QingluanError
 from qingluan.model import DatapathType
 
 log = logging.getLogger(__name__)
+
+UNDERLAY_CHECK_INTERVAL = 1.0  # seconds between looks at the userspace underlay
 
 DEFAULT_PLUGIN_DIR = Path("/run/docker/plugins")
 DEFAULT_TOKEN_FILE = Path("/var/lib/qingluan/token")
@@ -217,9 +220,18 @@ class Driver:
         self.resync_forever()
 
     def resync_forever(self) -> None:
-        """Repeat ``sync_once`` every ``resync_interval`` s; failures are logged, not fatal."""
+        """Repeat ``sync_once`` every ``resync_interval`` s; failures are logged, not fatal.
+
+        With a userspace underlay, also check it every second: an ovs-vswitchd
+        restart takes the underlay address off ``br-qlphy`` and every tunnel with
+        it, which should not wait for the next full sync."""
         interval = self.config.resync_interval
-        while interval > 0 and not self._stopping.wait(interval):
+        tick = UNDERLAY_CHECK_INTERVAL if self.host_ops.has_underlay() else interval
+        due = time.monotonic() + interval
+        while interval > 0 and not self._stopping.wait(min(tick, interval)):
+            if time.monotonic() < due and self.host_ops.underlay_ok():
+                continue
+            due = time.monotonic() + interval
             try:
                 report = self.sync_once()
             except Exception as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -84,3 +85,14 @@ def pings(host: SimHost, container: str, target: str, count: int = 1) -> bool:
     except DockerCommandError:
         return False
     return True
+
+
+def durations(host: SimHost) -> dict[str, float]:
+    """Flow (without counters) -> seconds since the switch installed it."""
+    out = {}
+    for line in host.ofctl("dump-flows", "br-ql").splitlines():
+        m = re.search(r"duration=([\d.]+)s", line)
+        if m:
+            key = re.sub(r" (duration|n_packets|n_bytes|idle_age|hard_age)=[^,]*,", "", line)
+            out[key.strip()] = float(m.group(1))
+    return out

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import create_network, pings, run_sleeper
+from tests.integration.conftest import create_network, durations, pings, run_sleeper
 from tests.support.proc import run, wait_until
 from tests.support.stack import SimHost, Stack
 
@@ -61,17 +61,6 @@ def loss_of(ping: subprocess.Popen[str], timeout: float = 60) -> tuple[int, int,
 
 def flows(host: SimHost) -> set[str]:
     return set(host.ofctl("dump-flows", "br-ql", "--no-stats").splitlines())
-
-
-def durations(host: SimHost) -> dict[str, float]:
-    """Flow (without counters) -> seconds since the switch installed it."""
-    out = {}
-    for line in host.ofctl("dump-flows", "br-ql").splitlines():
-        m = re.search(r"duration=([\d.]+)s", line)
-        if m:
-            key = re.sub(r" (duration|n_packets|n_bytes|idle_age|hard_age)=[^,]*,", "", line)
-            out[key.strip()] = float(m.group(1))
-    return out
 
 
 def state(host: SimHost, stack: Stack) -> dict[str, object]:

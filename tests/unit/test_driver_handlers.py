@@ -268,6 +268,9 @@ class FakeHost:
     def has_underlay(self) -> bool:
         return True
 
+    def underlay_ok(self) -> bool:
+        return True
+
     def warm_tunnels(self, addresses: Sequence[str]) -> None:
         self.calls.append(("warm_tunnels", list(addresses)))
 

@@ -130,9 +130,13 @@ class FakeOvs:
 class FakeTuning:
     def __init__(self) -> None:
         self.off: list[str] = []
+        self.sysctls: dict[str, str] = {}
 
     def tx_offload_off(self, dev: str) -> None:
         self.off.append(dev)
+
+    def sysctl(self, key: str, value: str, *, missing_ok: bool = False) -> None:
+        self.sysctls[key] = value
 
 
 def linux_host(
@@ -154,6 +158,9 @@ def test_ensure_uplink_attaches_the_nic_idempotently() -> None:
     assert ovs.ports == {"eth1": {"qingluan-owner": "qingluan", "qingluan-uplink": "physnet1"}}
     assert links.up == ["eth1", "eth1"]
     assert tuning.off == ["eth1", "eth1"]  # netdev without userspace TSO
+    # the host's stack stays out of the NIC it gave to OVS
+    assert tuning.sysctls["net.ipv4.conf.eth1.arp_ignore"] == "1"
+    assert tuning.sysctls["net.ipv6.conf.eth1.disable_ipv6"] == "1"
 
 
 def test_ensure_uplink_keeps_offloads_on_the_system_datapath() -> None:

@@ -223,8 +223,11 @@ class Ovs:
                 f"{row['error'] or 'no ofport'}"
             )
 
-    def ensure_plain_bridge(self, name: str, *, datapath_type: DatapathType) -> None:
-        """A bridge that forwards by itself (NORMAL, no controller): the underlay bridge."""
+    def ensure_plain_bridge(
+        self, name: str, *, datapath_type: DatapathType, hwaddr: str | None = None
+    ) -> None:
+        """A bridge that forwards by itself (NORMAL, no controller): the underlay bridge.
+        ``hwaddr`` pins the MAC of its own interface."""
         self.vsctl(
             "--may-exist",
             "add-br",
@@ -235,6 +238,7 @@ class Ovs:
             name,
             f"datapath_type={datapath_type.value}",
             "fail_mode=standalone",
+            *([f"other_config:hwaddr={hwaddr}"] if hwaddr else []),
         )
 
     def del_port(self, bridge: str, port: str) -> None:

@@ -215,6 +215,9 @@ class LinuxHost:
     def has_underlay(self) -> bool:
         return self.tunnel is not None
 
+    def underlay_ok(self) -> bool:
+        return self.tunnel is None or self.tunnel.intact()
+
     def warm_tunnels(self, addresses: Sequence[str]) -> None:
         if self.tunnel is not None:
             self.tunnel.warm(addresses)
@@ -222,8 +225,16 @@ class LinuxHost:
     # ---- shared by gateways and endpoints ----
 
     def _quiet(self, dev: str) -> None:
-        """No IPv6 autoconf chatter (router solicitations, DAD) into the bridge."""
+        """No IPv6 autoconf chatter (router solicitations, DAD) into the bridge, and no
+        ARP answer from ``dev`` for an address that is not on ``dev`` itself.
+
+        A bridge port is still a kernel interface: by default Linux answers ARP
+        for any of the host's addresses on every interface, so a container asking
+        for its gateway would also get the host end of its own veth as the answer
+        (racing the flow table's answer), and its traffic would then reach the
+        host's stack beside Open vSwitch instead of through it."""
         self.tuning.sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", "1", missing_ok=True)
+        self.tuning.sysctl(f"net.ipv4.conf.{dev}.arp_ignore", "1")
 
     def _offloads(self, *devs: str, tunnelled: bool = False) -> None:
         """TX checksum offload off on those of ``devs`` present here, if needed.
@@ -302,6 +313,7 @@ class LinuxHost:
                 "choose another NIC for --uplink"
             )
         self.links.set(nic, up=True)
+        self._quiet(nic)
         self._offloads(nic)
         # --may-exist: a second flat network (or a repeat) reuses the port
         self.ovs.add_port(self._bridge, nic, {OWNER_KEY: OWNER, UPLINK_KEY: physnet})

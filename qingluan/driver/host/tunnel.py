@@ -49,6 +49,11 @@ def parse_underlay_address(text: str) -> ipaddress.IPv4Interface:
     return iface
 
 
+def underlay_mac(ip: ipaddress.IPv4Address) -> str:
+    """The underlay bridge's MAC: locally administered, from the underlay address."""
+    return names.mac_from_key(names.UNDERLAY_MAC_PREFIX, int(ip))
+
+
 class Tunnel:
     def __init__(
         self,
@@ -96,18 +101,33 @@ class Tunnel:
                 f"underlay NIC {nic} carries this host's default route: qingluan never gives "
                 "the machine's own interface to Open vSwitch; give it a NIC of its own"
             )
-        self._ovs.ensure_plain_bridge(bridge, datapath_type=self._datapath_type)
+        # a MAC that survives an ovs-vswitchd restart, so that the other hosts'
+        # resolution of this underlay address stays right
+        self._ovs.ensure_plain_bridge(
+            bridge, datapath_type=self._datapath_type, hwaddr=underlay_mac(self.address.ip)
+        )
         mine = str(self.address)
         if mine in self._links.addresses(nic):  # moved to the bridge, as the NIC is its port now
             log.info("moving underlay address %s from %s to %s", mine, nic, bridge)
             keep = [a for a in self._links.addresses(nic) if a != mine]
             self._links.set_addresses(nic, keep)
         self._links.set(nic, up=True)
+        # the address lives on the bridge: the NIC itself never answers ARP for it
+        self._runner.run(["sysctl", "-q", "-w", f"net.ipv4.conf.{nic}.arp_ignore=1"])
         self._ovs.add_port(bridge, nic, {OWNER_KEY: OWNER, UNDERLAY_KEY: "nic"})
         if self._links.addresses(bridge) != [mine]:
             log.info("underlay address %s on %s", mine, bridge)
             self._links.set_addresses(bridge, [mine])
         self._links.set(bridge, up=True)
+
+    def intact(self) -> bool:
+        """Userspace datapath: the underlay address is still on the underlay bridge."""
+        if self._datapath_type is not DatapathType.NETDEV:
+            return True
+        try:
+            return str(self.address) in self._links.addresses(names.UNDERLAY_BRIDGE)
+        except Exception:
+            return False
 
     def warm(self, addresses: Sequence[str]) -> None:
         """Userspace datapath: have OVS learn these underlay neighbours now.
