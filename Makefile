@@ -14,7 +14,7 @@ APT_PACKAGES := openvswitch-switch docker.io iperf3 iptables busybox-static etht
 VENV_PACKAGE := python3-venv
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps run stop lint test test-unit test-integration flows bench clean
+.PHONY: help venv deps run stop lint test test-unit test-integration flows bench demo clean
 
 help:
 	@echo "make run      install what is missing, start OVS, controller, driver (and dockerd)"
@@ -23,6 +23,7 @@ help:
 	@echo "make lint     ruff check, ruff format --check, mypy"
 	@echo "make flows    regenerate flows/ from real bridges"
 	@echo "make bench    run benchmarks/*.py"
+	@echo "make demo     three simulated hosts with vlan and vxlan networks (needs root)"
 	@echo "make deps     apt-get install the system packages that are missing"
 	@echo "make venv     create .venv (again only when a requirements file changed)"
 	@echo "make clean    remove .venv, caches and build output"
@@ -91,6 +92,9 @@ bench: deps venv
 		echo "== $$f"; \
 		PYTHONPATH=$(CURDIR) $(PY) "$$f"; \
 	done
+
+demo: deps venv
+	PYTHONPATH=. $(PY) scripts/rig-demo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
