@@ -69,6 +69,33 @@ def _get(url: str) -> object:
     return reply.json()
 
 
+def cmd_host_rm(args: argparse.Namespace) -> int:
+    import httpx
+
+    try:
+        token = args.token_file.read_text().strip()
+    except OSError as exc:
+        raise SystemExit(f"qingluan: cannot read the API token {args.token_file}: {exc}") from None
+    url = f"{_controller_url(args)}/v1/hosts/{args.name}"
+    try:
+        reply = httpx.delete(
+            url,
+            params={"force": "true"} if args.force else None,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30.0,
+        )
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"qingluan: cannot reach the controller at {url}: {exc}") from None
+    if reply.status_code >= 400:
+        try:
+            message = reply.json().get("error", reply.text)
+        except ValueError:
+            message = reply.text
+        raise SystemExit(f"qingluan: {message}")
+    print(f"host {args.name} removed")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from qingluan.api_schema import Status
     from qingluan.status_view import render_status
@@ -172,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_controller_arg(st)
     st.add_argument("--json", action="store_true", help="print the raw JSON")
     st.set_defaults(func=cmd_status)
+
+    hs = sub.add_parser("host", help="manage registered hosts")
+    hsub = hs.add_subparsers(dest="host_command", required=True)
+    rm = hsub.add_parser("rm", help="forget a host (--force: with its networks and endpoints)")
+    _add_controller_arg(rm)
+    rm.add_argument("name")
+    rm.add_argument("--force", action="store_true", help="also for a host that still has networks")
+    rm.add_argument("--token-file", type=Path, default=DEFAULT_STATE_DIR / "token")
+    rm.set_defaults(func=cmd_host_rm)
 
     fl = sub.add_parser("flows", help="the flows of a host's bridge")
     _add_controller_arg(fl)

@@ -266,9 +266,11 @@ def create_app(services: Services, token: str) -> FastAPI:
         return services.get_host(name)
 
     @router.delete("/hosts/{name}", status_code=204, dependencies=auth, tags=["hosts"])
-    def delete_host(name: HostName) -> Response:
-        """Forget a host (unknown: 204). 409 while networks remain on it."""
-        services.delete_host(name)
+    def delete_host(name: HostName, force: bool = False) -> Response:
+        """Forget a host (unknown: 204). 409 while networks remain on it, unless
+        `force=true`: then its networks and endpoints go too (a host gone for good), and
+        it leaves every other host's tunnels and flood groups."""
+        services.delete_host(name, force=force)
         return Response(status_code=204)
 
     @router.get("/hosts/{name}/flows", response_model=FlowDump, tags=["hosts"])

@@ -289,16 +289,36 @@ class Services(StoreState):
     def get_host(self, name: str) -> HostStatus:
         return self._host_status(self._host(name))
 
-    def delete_host(self, name: str) -> None:
-        """Forget a host; refused while networks remain on it. Unknown hosts are fine."""
+    def delete_host(self, name: str, *, force: bool = False) -> None:
+        """Forget a host; refused while networks remain on it, unless ``force``: then its
+        endpoints (and their addresses) and networks go too, for a host that is gone for
+        good. The hosts that tunnelled to it are converged. Unknown hosts are fine."""
         with self._store.transaction() as tx:
             if _load(tx, host_key(name), Host) is None:
                 return
-            remaining = [n for n in _all(tx, NETWORKS, Network) if n.host == name]
-            if remaining:
+            before = _all(tx, NETWORKS, Network)
+            remaining = [n for n in before if n.host == name]
+            if remaining and not force:
                 labels = ", ".join(ipam.network_label(n) for n in remaining)
-                raise Conflict(f"host {name} still has networks: {labels}")
+                raise Conflict(
+                    f"host {name} still has networks: {labels} (remove them on the host, "
+                    "or force the removal of a host that is gone for good)"
+                )
+            pools = {n.id: n.pool_id for n in remaining}
+            for endpoint in _all(tx, ENDPOINTS, Endpoint):
+                if endpoint.network_id in pools:
+                    tx.delete(endpoint_key(endpoint.id))
+                    key = allocation_key(pools[endpoint.network_id], endpoint.address)
+                    held = _load(tx, key, Allocation)
+                    if held is not None and held.mac == endpoint.mac:
+                        tx.delete(key)
+            for network in remaining:
+                tx.delete(network_key(network.id))
+                self._unbind(tx, network)
             tx.delete(host_key(name))
+        if remaining:
+            log.info("host %s removed with its networks %s", name, [n.id[:12] for n in remaining])
+        self._converge_neighbours(name, before)
 
     def host_flows(self, name: str) -> FlowDump:
         self._host(name)

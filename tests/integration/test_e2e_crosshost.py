@@ -26,7 +26,7 @@ from tests.integration.conftest import durations, ip_of, pings, run_sleeper, run
 from tests.support.dockerd import DockerCommandError
 from tests.support.lan import LAN_HOST, Sniffer, VlanHost
 from tests.support.proc import wait_until
-from tests.support.stack import OUTSIDE_HOST_IP, OUTSIDE_IP, QL, SimHost, Stack
+from tests.support.stack import OUTSIDE_HOST_IP, OUTSIDE_IP, QL, SimHost, Stack, cli
 
 pytestmark = pytest.mark.integration
 
@@ -340,3 +340,18 @@ def test_removing_the_network_on_one_host_leaves_the_others_working(c: Cluster) 
     c.ips["x@h3"] = run_sleeper(h3, "xc", "vx")
     assert flood_targets(h1) == sorted([addresses["h2"], addresses["h3"]])
     assert pings(h3, "xc", c.ip("x@h1"))
+
+
+def test_a_host_gone_for_good_is_forced_out_of_the_others_tunnels(c: Cluster) -> None:
+    """Last in this module: h3 dies (its driver stops) and an operator removes it."""
+    h1, h2, h3 = c.stack.hosts
+    h3.stop_driver()
+    refused = cli(c.stack, "host", "rm", "h3", "--token-file", str(c.stack.token_file))
+    assert refused.returncode != 0 and "host h3 still has networks" in refused.stderr
+    done = cli(c.stack, "host", "rm", "h3", "--force", "--token-file", str(c.stack.token_file))
+    assert done.returncode == 0, done.stderr
+    addresses = {h.name: (h.underlay_address or "").split("/")[0] for h in c.stack.hosts}
+    assert flood_targets(h1) == [addresses["h2"]] and flood_targets(h2) == [addresses["h1"]]
+    assert c.ip("x@h3") not in h1.ofctl("dump-flows", "br-ql")
+    assert "h3" not in [h["host"]["name"] for h in c.stack.get("/v1/hosts")]
+    assert pings(h1, "xc", c.ip("x@h2"))

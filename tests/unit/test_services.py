@@ -624,3 +624,23 @@ def test_a_host_joining_or_leaving_a_vni_converges_the_others(store: SqliteStore
     svc.delete_network(NET2)
     assert conv.calls == [("h2", ()), ("h1", ())]
     assert svc.peers("h1") == []
+
+
+def test_a_host_gone_for_good_is_forced_out_of_every_other_hosts_tunnels(
+    store: SqliteStore,
+) -> None:
+    svc, conv = vxlan_cluster(store)
+    ip = run_container(svc, "e" * 64, MAC_A, nid=NET2)
+    with pytest.raises(Conflict, match="host h2 still has networks"):
+        svc.delete_host("h2")
+    conv.calls.clear()
+    svc.delete_host("h2", force=True)
+    assert conv.calls == [("h1", ())]  # only the hosts that tunnelled to it
+    assert svc.peers("h1") == [] and svc.list_endpoints(host="h2") == []
+    assert [n.host for n in svc.list_networks()] == ["h1"]
+    assert "h2" not in [h.host.name for h in svc.list_hosts()]
+    # its container's address is free again in the shared pool
+    reply, created = svc.request_address(
+        svc.get_network(NET1).pool_id, AddressRequest(address=ip, mac="02:42:ac:11:00:0b")
+    )
+    assert created and reply.address.startswith(ip + "/")
