@@ -31,9 +31,17 @@ class StateSource(Protocol):
 
 class Converger(Protocol):
     def converge(
-        self, host: str, *, timeout: float = 5.0, require_ports: tuple[str, ...] = ()
+        self,
+        host: str,
+        *,
+        timeout: float = 5.0,
+        require_ports: tuple[str, ...] = (),
+        full: bool = False,
     ) -> ReconcileResult:
         """Make the host's bridge hold exactly the desired flows and groups.
+
+        Diffs against what the last confirmed converge left on the switch, unless
+        there is none or ``full``: then every flow and group is read back first.
 
         Returns once a barrier confirmed every change. ``require_ports`` waits
         (within ``timeout``) until those port names are on the bridge, so that

@@ -67,6 +67,10 @@ ComputeFn = Callable[
 FlowKey = tuple[int, int, tuple[tuple[str, object], ...]]
 
 MAX_XID = 0xFFFF_FFFF
+# Converges that may diff against the state the last converge confirmed (a change made
+# through the REST API, a port that came or went). Connect, the periodic resync and an
+# explicit verify read every flow and group back from the switch.
+TRUSTING = frozenset({"request", "port"})
 
 
 class SwitchRejected(QingluanError):
@@ -223,6 +227,9 @@ class _Connection:
         self.waiters: dict[int, _Waiter] = {}
         self.watched: dict[int, Request] = {}  # xid -> a sent mod whose error we want
         self.rejected: list[tuple[Request, str]] = []
+        # what the switch holds after the last confirmed converge of this connection:
+        # a converge for a change diffs against it instead of dumping every flow again
+        self.known: BridgeState | None = None
         self._xid = random.randint(0x1000_0000, 0x7000_0000)
 
     def next_xid(self) -> int:
@@ -417,9 +424,14 @@ class Reconciler:
         )
 
     def converge(
-        self, host: str, *, timeout: float = 5.0, require_ports: tuple[str, ...] = ()
+        self,
+        host: str,
+        *,
+        timeout: float = 5.0,
+        require_ports: tuple[str, ...] = (),
+        full: bool = False,
     ) -> ReconcileResult:
-        return self._converge(host, timeout, require_ports, "request")
+        return self._converge(host, timeout, require_ports, "verify" if full else "request")
 
     def metrics(self, host: str) -> HostMetrics:
         with self._cond:
@@ -451,7 +463,9 @@ class Reconciler:
             raise Timeout(f"host {host}: another reconcile still runs after {timeout:.1f}s")
         try:
             try:
-                outcome = self._converge_locked(host, started, deadline, require_ports)
+                outcome = self._converge_locked(
+                    host, started, deadline, require_ports, trust_known=trigger in TRUSTING
+                )
             except Exception as exc:
                 self._record_failure(host, trigger, exc)
                 raise
@@ -461,7 +475,13 @@ class Reconciler:
             lock.release()
 
     def _converge_locked(
-        self, host: str, started: float, deadline: float, require_ports: tuple[str, ...]
+        self,
+        host: str,
+        started: float,
+        deadline: float,
+        require_ports: tuple[str, ...],
+        *,
+        trust_known: bool = False,
     ) -> _Outcome:
         host_obj, networks, endpoints = self._state.host_state(host)
         peers = self._state.peers(host)
@@ -478,11 +498,18 @@ class Reconciler:
         except ValueError as exc:
             raise QingluanError(f"host {host}: cannot compute its flows: {exc}") from exc
         desired = normalized_state(computed)
-        flows, groups = self._read(conn, deadline)
+        known = conn.known if trust_known else None
+        if known is not None:
+            flows = [SwitchFlow(f) for f in known.flows]
+            groups = [SwitchGroup(g) for g in known.groups]
+        else:
+            flows, groups = self._read(conn, deadline)
         todo = plan(desired, flows, groups)
         for text in todo.undeletable:
             log.warning("host %s: cannot delete a flow with a match not understood: %s", host, text)
+        conn.known = None  # until the barrier confirms the switch holds ``desired``
         sent = self._apply(conn, host_obj, todo, deadline)
+        conn.known = desired
         result = ReconcileResult(
             host=host,
             flows_added=len(todo.flow_adds),

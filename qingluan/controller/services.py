@@ -325,8 +325,9 @@ class Services(StoreState):
         return self._converger.dump(name)
 
     def reconcile_host(self, name: str) -> ReconcileResult:
+        """Read the bridge back and send whatever differs (an operator's check)."""
         self._host(name)
-        return self._converger.converge(name, timeout=self._timeout)
+        return self._converger.converge(name, timeout=self._timeout, full=True)
 
     # ---- IPAM ----------------------------------------------------------------
 

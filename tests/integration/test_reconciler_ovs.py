@@ -344,6 +344,22 @@ def test_a_flow_or_group_added_by_hand_is_removed(rig: Rig) -> None:
     rig.assert_holds(state)
 
 
+def test_a_change_diffs_against_the_last_confirmed_state_and_a_verify_reads_back(
+    rig: Rig,
+) -> None:
+    """A converge for a change trusts what the last one confirmed (no dump of every flow);
+    a verify (the REST reconcile, the periodic resync, a reconnect) reads the switch."""
+    state = base_state()
+    installed(rig, state)
+    rig.ovs.ofctl("add-flow", BR, "table=20,priority=7,ip,actions=NORMAL")  # behind our back
+    assert nothing(rig.ctl.converge(HOST.name, full=False))
+    assert "priority=7" in rig.diff(state)  # not seen: it trusted its record
+    result = rig.ctl.converge(HOST.name, full=True)
+    assert result.flows_deleted == 1
+    rig.assert_holds(state)
+    assert nothing(rig.ctl.converge(HOST.name, full=False))
+
+
 def test_a_controller_restart_against_a_correct_bridge_sends_nothing(rig: Rig) -> None:
     state = base_state()
     installed(rig, state)

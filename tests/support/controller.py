@@ -150,8 +150,10 @@ def _handle(name: str, args: tuple[Any, ...], state: FakeState, reconciler: Any)
             state.desired, state.port_flows = desired, port_flows
         return None
     if name == "converge":
-        host, timeout, require_ports = args
-        return reconciler.converge(host, timeout=timeout, require_ports=tuple(require_ports))
+        host, timeout, require_ports, full = args
+        return reconciler.converge(
+            host, timeout=timeout, require_ports=tuple(require_ports), full=full
+        )
     if name == "dump":
         return reconciler.dump(args[0])
     if name == "metrics":
@@ -286,9 +288,16 @@ class ControllerProcess:
         self.call("set_state", host, list(networks), list(endpoints))
 
     def converge(
-        self, host: str, *, timeout: float = 5.0, require_ports: Sequence[str] = ()
+        self,
+        host: str,
+        *,
+        timeout: float = 5.0,
+        require_ports: Sequence[str] = (),
+        full: bool = True,
     ) -> Any:
-        return self.call("converge", host, timeout, list(require_ports), timeout=timeout + 10)
+        """``full``: read the switch back (what the tests that change it behind the
+        controller's back need); False: trust the last confirmed state, as a REST change."""
+        return self.call("converge", host, timeout, list(require_ports), full, timeout=timeout + 10)
 
     def dump(self, host: str) -> Any:
         return self.call("dump", host)

@@ -38,7 +38,12 @@ class NullConverger:
     """The controller's converger without a switch: every bridge converges at once."""
 
     def converge(
-        self, host: str, *, timeout: float = 5.0, require_ports: tuple[str, ...] = ()
+        self,
+        host: str,
+        *,
+        timeout: float = 5.0,
+        require_ports: tuple[str, ...] = (),
+        full: bool = False,
     ) -> ReconcileResult:
         return ReconcileResult(
             host=host,

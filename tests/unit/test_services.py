@@ -52,7 +52,12 @@ class RecordingConverger:
     connected: bool = True
 
     def converge(
-        self, host: str, *, timeout: float = 5.0, require_ports: tuple[str, ...] = ()
+        self,
+        host: str,
+        *,
+        timeout: float = 5.0,
+        require_ports: tuple[str, ...] = (),
+        full: bool = False,
     ) -> ReconcileResult:
         self.calls.append((host, require_ports))
         if self.fail is not None:
