@@ -12,13 +12,18 @@ For every scenario, in a network namespace of its own:
    - starts the real controller (``python -m qingluan controller``) on the
      namespace's loopback,
    - creates the integration bridge with the driver's own plumbing
-     (``LinuxHost.ensure_bridge``) and a fixed datapath id,
-   - registers the host, then per network a pool with a fixed subnet, its
-     gateway address, the network (``LinuxHost.ensure_gateway`` makes its
-     gateway veth), and per endpoint its address and veth
+     (``LinuxHost.ensure_bridge``) and a fixed datapath id; with an underlay
+     (vxlan) that also makes ``br-qlphy`` on a veth ``NIC`` and the tunnel port,
+   - registers the host (and any other host of the scenario: a bridge of its
+     own in the same OVS, connected to the same controller, never dumped),
+     then per network a pool with a fixed subnet, its gateway address, the
+     network, its host side as the driver makes it (``ensure_uplink`` on a
+     veth NIC for flat and vlan, ``ensure_gateway`` for the models with a
+     gateway device), and per endpoint its address and veth
      (``LinuxHost.ensure_endpoint``) and the endpoint itself, through the
      driver's REST client, all with fixed ids, MACs and addresses; every
-     bridge port is pinned to a fixed OpenFlow number (``ofport_request``);
+     bridge port (uplink and tunnel too) is pinned to a fixed OpenFlow number
+     (``ofport_request``);
    - waits until the controller sees every port and a reconcile changes
      nothing, then renders ``ovs-ofctl dump-flows --no-stats`` and
      ``dump-groups`` of the bridge;
@@ -48,6 +53,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -100,12 +106,55 @@ class NetworkSpec:
     id: str
     model: str  # a qingluan.model.NetworkModel value
     subnet: str
-    gateway_ofport: int
+    # the gateway veth's bridge port; None: no gateway device (flat, vlan: the LAN's router)
+    gateway_ofport: int | None
     endpoints: tuple[EndpointSpec, ...]
+    vni: int | None = None  # VLAN id (vlan) or VNI (vxlan)
+    uplink: bool = False  # flat, vlan: carried by the scenario's uplink NIC
 
     @property
     def gateway(self) -> str:
         return self.subnet.rsplit(".", 1)[0] + ".1"
+
+    @property
+    def pool_options(self) -> dict[str, str]:
+        """The ``--ipam-opt`` values: ``pool=`` and ``vni=`` for a vlan or vxlan segment."""
+        return {} if self.vni is None else {"pool": self.model, "vni": str(self.vni)}
+
+
+@dataclass(frozen=True)
+class UplinkSpec:
+    """A NIC of the host on the bridge (``--uplink PHYSNET:NIC``): one end of a veth pair."""
+
+    physnet: str
+    nic: str
+    peer: str  # the other end, left in the namespace as the "LAN"
+    ofport: int
+
+
+@dataclass(frozen=True)
+class UnderlaySpec:
+    """The host's VXLAN tunnel endpoint (``--underlay-address``, ``--underlay-nic``)."""
+
+    address: str  # IP/LEN
+    nic: str
+    peer: str
+    tunnel_ofport: int
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class RemoteHostSpec:
+    """Another host, as the controller sees it: its own bridge in the same OVS (not dumped)."""
+
+    name: str
+    bridge: str
+    dpid: int
+    address: str  # its underlay (VTEP) address
+    networks: tuple[NetworkSpec, ...]
 
 
 @dataclass(frozen=True)
@@ -113,23 +162,50 @@ class Scenario:
     name: str
     description: str
     networks: tuple[NetworkSpec, ...]
+    uplink: UplinkSpec | None = None
+    underlay: UnderlaySpec | None = None
+    remotes: tuple[RemoteHostSpec, ...] = ()
+    notes: tuple[str, ...] = ()  # legend lines before the networks
 
 
 def _network(
-    label: str, head: str, model: str, subnet: str, first_port: int, containers: int
+    label: str,
+    head: str,
+    model: str,
+    subnet: str,
+    first_port: int,
+    containers: int,
+    *,
+    gateway: bool = True,
+    vni: int | None = None,
+    uplink: bool = False,
+    first_address: int = 2,
 ) -> NetworkSpec:
+    """Container ``c<i>`` gets id ``eeee<last 4 of head><i>``, address ``first_address + i - 1``
+    and port ``first_port + i``; the gateway (if any) port ``first_port``."""
     base = subnet.rsplit(".", 1)[0]
     endpoints = tuple(
         EndpointSpec(
             label=f"c{i}",
             id=docker_id(f"eeee{head[-4:]}{i:04d}"),
-            address=f"{base}.{i + 1}",
+            address=f"{base}.{first_address + i - 1}",
             ofport=first_port + i,
         )
         for i in range(1, containers + 1)
     )
-    return NetworkSpec(label, docker_id(head), model, subnet, first_port, endpoints)
+    return NetworkSpec(
+        label,
+        docker_id(head),
+        model,
+        subnet,
+        first_port if gateway else None,
+        endpoints,
+        vni=vni,
+        uplink=uplink,
+    )
 
+
+PHYSNET = "physnet1"
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -151,6 +227,101 @@ SCENARIOS: dict[str, Scenario] = {
             "empty-bridge",
             "a registered host without networks: only the base pipeline",
             (),
+        ),
+        Scenario(
+            "vlan-two-vlans-and-flat",
+            "two vlan networks (VLAN 100, 200; two containers each) and one flat network "
+            "(one container), all on the uplink NIC eth1",
+            (
+                _network(
+                    "vlan-100",
+                    "cccc00000011",
+                    "vlan",
+                    "10.130.1.0/24",
+                    10,
+                    2,
+                    gateway=False,
+                    vni=100,
+                    uplink=True,
+                ),
+                _network(
+                    "vlan-200",
+                    "cccc00000012",
+                    "vlan",
+                    "10.130.2.0/24",
+                    20,
+                    2,
+                    gateway=False,
+                    vni=200,
+                    uplink=True,
+                ),
+                _network(
+                    "flat-a",
+                    "cccc00000013",
+                    "flat",
+                    "192.168.159.0/24",
+                    30,
+                    1,
+                    gateway=False,
+                    uplink=True,
+                ),
+            ),
+            uplink=UplinkSpec(physnet=PHYSNET, nic="eth1", peer="eth1p", ofport=1),
+            notes=(
+                "vlan and flat networks have no gateway device on the host: their gateway",
+                "address is the LAN's router, reached through eth1 like any other address of",
+                "the LAN, so there is no gateway port and no gateway flow (the gateway MAC the",
+                "controller keeps for them, 52:4c + key, is on no port).",
+                "eth1 (physnet1) is the trunk of the vlan networks and the LAN of the flat one:",
+                "dl_vlan=100 matches a frame tagged 100 (pop_vlan takes the tag off), and",
+                "vlan_tci=0x0000/0x1fff an untagged frame; on the way out push_vlan and",
+                "set_field:4196->vlan_vid put the tag on (4196 = 0x1000 'tag present' + 100).",
+                "The trunk's and the uplink's flows carry the network's cookie. Metadata bit",
+                "0x1000000 marks a frame that came in from the trunk: the ARP table (its match",
+                "metadata=K/0x1ffffff) does not answer those; the flat network's LAN is answered.",
+            ),
+        ),
+        Scenario(
+            "vxlan-two-hosts",
+            "one vxlan network (VNI 5000) with its gateway and two containers, and the same "
+            "VNI on a second host with one container, reached through the tunnel",
+            (_network("vx-a", "dddd00000021", "vxlan", "10.131.1.0/24", 10, 2, vni=5000),),
+            underlay=UnderlaySpec(
+                address="172.31.0.11/24", nic="eth2", peer="eth2p", tunnel_ofport=2
+            ),
+            remotes=(
+                RemoteHostSpec(
+                    name="remote",
+                    bridge="br-remote",
+                    dpid=0x0000_0000_0000_0002,
+                    address="172.31.0.12",
+                    # no gateway device here: it would change nothing on br-ql
+                    networks=(
+                        _network(
+                            "vx-a",
+                            "dddd00000022",
+                            "vxlan",
+                            "10.131.1.0/24",
+                            10,
+                            1,
+                            gateway=False,
+                            vni=5000,
+                            first_address=10,
+                        ),
+                    ),
+                ),
+            ),
+            notes=(
+                "The gateway of a vxlan network is distributed: the same address and the same",
+                "MAC on every host (52:56 + the VNI, here 0x1388 = 5000; not 52:4c + key).",
+                "qltun is the bridge's one flow-based VXLAN port (remote_ip=flow, key=flow,",
+                "local_ip 172.31.0.11, the underlay address, on the underlay bridge br-qlphy",
+                "with the NIC eth2): tun_id=0x1388 matches VNI 5000 coming in; going out, a flow",
+                "sets tun_id (the VNI) and tun_dst (the other host's underlay address), then",
+                "output:2. The tunnel's flow carries the network's cookie. Metadata bit",
+                "0x1000000 marks a frame that came in from the tunnel: the ARP table (its match",
+                "metadata=K/0x1ffffff) does not answer those, the container does.",
+            ),
         ),
     )
 }
@@ -275,19 +446,28 @@ def _inside(scenario: Scenario, ovs_root: Path, state_dir: Path) -> str:
     from qingluan.controller.pipeline.flow import CookieKind, cookie
     from qingluan.driver.client import HttpControllerClient
     from qingluan.driver.host.plumbing import LinuxHost
-    from qingluan.model import DatapathType, NetworkModel
-    from tests.support.ovs import OvsInstance, wait_until
-    from tests.support.proc import Proc
+    from qingluan.driver.protocol import PHYSNET_OPTION, UPLINK_OPTION
+    from qingluan.model import DatapathType, Network, NetworkModel
+    from tests.support.ovs import OvsInstance
+    from tests.support.proc import Proc, wait_until
 
     api = f"http://127.0.0.1:{API_PORT}"
+    target = f"tcp:127.0.0.1:{OPENFLOW_PORT}"
     # the instance's directories, without owning them: the parent stops and removes it
     ovs = OvsInstance(workdir=ovs_root)
-    host = LinuxHost(
-        bridge=BRIDGE,
-        ovsdb=f"unix:{ovs.sock}",
-        chain_prefix=CHAIN_PREFIX,
-        datapath_type=DatapathType.NETDEV,
-    )
+    uplink, underlay = scenario.uplink, scenario.underlay
+
+    def linux_host(bridge: str, underlay: UnderlaySpec | None = None) -> LinuxHost:
+        return LinuxHost(
+            bridge=bridge,
+            ovsdb=f"unix:{ovs.sock}",
+            chain_prefix=CHAIN_PREFIX,
+            datapath_type=DatapathType.NETDEV,
+            underlay_address=underlay.address if underlay else None,
+            underlay_nic=underlay.nic if underlay else None,
+        )
+
+    host = linux_host(BRIDGE, underlay)
     controller = Proc(
         "controller",
         [
@@ -318,10 +498,13 @@ def _inside(scenario: Scenario, ovs_root: Path, state_dir: Path) -> str:
         except httpx.HTTPError:
             return False
 
-    def host_status() -> HostStatus:
-        reply = httpx.get(f"{api}/v1/hosts/{HOST}", timeout=10)
+    def host_status(name: str = HOST) -> HostStatus:
+        reply = httpx.get(f"{api}/v1/hosts/{name}", timeout=10)
         reply.raise_for_status()
         return HostStatus.model_validate(reply.json())
+
+    def connected(name: str) -> bool:
+        return host_status(name).connected
 
     def pin(port: str, ofport: int) -> None:
         """Renumber ``port`` to ``ofport`` (OVS re-adds it under the requested number)."""
@@ -332,70 +515,126 @@ def _inside(scenario: Scenario, ovs_root: Path, state_dir: Path) -> str:
             f"{port} to become OpenFlow port {ofport}",
         )
 
+    def nic(name: str, peer: str) -> None:
+        """A veth pair in this namespace: ``name`` goes to OVS, ``peer`` stays (the wire)."""
+        subprocess.run(
+            ["ip", "link", "add", name, "type", "veth", "peer", "name", peer],
+            check=True,
+            timeout=10,
+        )
+        # no IPv6 autoconf chatter from the far end into the bridge
+        subprocess.run(
+            ["sysctl", "-q", "-w", f"net.ipv6.conf.{peer}.disable_ipv6=1"], check=False, timeout=10
+        )
+        for dev in (peer, name):
+            subprocess.run(["ip", "link", "set", dev, "up"], check=True, timeout=10)
+
+    def bridge(on: LinuxHost, name: str, want: int) -> int:
+        """The bridge exactly as the driver makes it, with the datapath id pinned first."""
+        ovs.vsctl(
+            "add-br",
+            name,
+            "--",
+            "set",
+            "bridge",
+            name,
+            "datapath_type=netdev",
+            "fail_mode=secure",
+            f"other_config:datapath-id={want:016x}",
+        )
+        dpid = on.ensure_bridge(target)
+        if dpid != want:
+            raise RegenError(f"bridge {name} has dpid {dpid:#x}, not {want:#x}")
+        return dpid
+
     controller.start()
     try:
         controller.wait_ready(api_up, timeout=20)
         client = HttpControllerClient(api, token_file=state_dir / "token")
         token = (state_dir / "token").read_text().strip()
 
-        # the bridge exactly as the driver makes it, with the datapath id pinned first
-        ovs.vsctl(
-            "add-br",
-            BRIDGE,
-            "--",
-            "set",
-            "bridge",
-            BRIDGE,
-            "datapath_type=netdev",
-            "fail_mode=secure",
-            f"other_config:datapath-id={DPID:016x}",
-        )
-        dpid = host.ensure_bridge(f"tcp:127.0.0.1:{OPENFLOW_PORT}")
-        if dpid != DPID:
-            raise RegenError(f"bridge {BRIDGE} has dpid {dpid:#x}, not {DPID:#x}")
+        expected: dict[str, int] = {}
+        if uplink is not None:
+            nic(uplink.nic, uplink.peer)
+        if underlay is not None:
+            nic(underlay.nic, underlay.peer)
+        # with an underlay this also makes br-qlphy and the tunnel port
+        dpid = bridge(host, BRIDGE, DPID)
+        if underlay is not None:
+            pin(names.TUNNEL_PORT, underlay.tunnel_ofport)
+            expected[names.TUNNEL_PORT] = underlay.tunnel_ofport
         client.register_host(
             HOST,
-            HostRegistration(dpid=dpid, bridge=BRIDGE, datapath_type=DatapathType.NETDEV),
+            HostRegistration(
+                dpid=dpid,
+                bridge=BRIDGE,
+                datapath_type=DatapathType.NETDEV,
+                address=underlay.ip if underlay else None,
+            ),
         )
-        wait_until(lambda: host_status().connected, 15, f"bridge {BRIDGE} to connect")
+        wait_until(partial(connected, HOST), 15, f"bridge {BRIDGE} to connect")
+        remote_hosts: dict[str, LinuxHost] = {}
+        for remote in scenario.remotes:
+            other = remote_hosts[remote.name] = linux_host(remote.bridge)
+            client.register_host(
+                remote.name,
+                HostRegistration(
+                    dpid=bridge(other, remote.bridge, remote.dpid),
+                    bridge=remote.bridge,
+                    datapath_type=DatapathType.NETDEV,
+                    address=remote.address,
+                ),
+            )
+            wait_until(
+                partial(connected, remote.name),
+                15,
+                f"bridge {remote.bridge} of host {remote.name} to connect",
+            )
 
-        legend: list[str] = []
-        expected: dict[str, int] = {}
-        for spec in scenario.networks:
-            pool = client.request_pool(PoolRequest(pool=spec.model, subnet=spec.subnet))
+        def build(spec: NetworkSpec, name: str, on: LinuxHost) -> tuple[Network, list[str]]:
+            """One network as the driver makes it (pool, gateway address, network, host
+            side, endpoints); its ports pinned; the legend rows of its endpoints."""
+            pool = client.request_pool(
+                PoolRequest(pool=spec.model, subnet=spec.subnet, options=spec.pool_options)
+            )
             client.request_address(pool.pool_id, AddressRequest(address=spec.gateway, gateway=True))
+            options = {}
+            if spec.uplink:
+                if uplink is None:
+                    raise RegenError(f"{spec.label}: the scenario has no uplink NIC")
+                options = {PHYSNET_OPTION: uplink.physnet, UPLINK_OPTION: uplink.nic}
             network = client.create_network(
                 spec.id,
-                NetworkCreate(host=HOST, model=NetworkModel(spec.model), pool_id=pool.pool_id),
-            ).network
-            host.ensure_gateway(network)
-            gw_port = names.gateway_port(network.id)
-            pin(gw_port, spec.gateway_ofport)
-            expected[gw_port] = spec.gateway_ofport
-            legend += [
-                "",
-                f"network {spec.label}: {spec.model} {network.subnet}, id {spec.id[:12]}..., "
-                f"key {network.key} (metadata {network.key:#x}, flood group {network.key})",
-                _LEGEND_ROW.format("ofport", "port", "owner", "address", "MAC", "cookie"),
-                _LEGEND_ROW.format(
-                    spec.gateway_ofport,
-                    gw_port,
-                    "gateway",
-                    network.gateway,
-                    network.gateway_mac,
-                    f"{cookie(CookieKind.NETWORK, network.id):#x}",
+                NetworkCreate(
+                    host=name,
+                    model=NetworkModel(spec.model),
+                    pool_id=pool.pool_id,
+                    vni=spec.vni,
+                    options=options,
                 ),
-            ]
+            ).network
+            if spec.uplink and uplink is not None:
+                on.ensure_uplink(uplink.physnet, uplink.nic)
+                pin(uplink.nic, uplink.ofport)
+                if name == HOST:
+                    expected[uplink.nic] = uplink.ofport
+            if spec.gateway_ofport is not None:
+                on.ensure_gateway(network)
+                pin(names.gateway_port(network.id), spec.gateway_ofport)
+                if name == HOST:
+                    expected[names.gateway_port(network.id)] = spec.gateway_ofport
+            rows: list[str] = []
             for ep in spec.endpoints:
                 client.request_address(pool.pool_id, AddressRequest(address=ep.address, mac=ep.mac))
-                port = host.ensure_endpoint(ep.id, network, ep.mac)
+                port = on.ensure_endpoint(ep.id, network, ep.mac)
                 pin(port, ep.ofport)
-                expected[port] = ep.ofport
+                if name == HOST:
+                    expected[port] = ep.ofport
                 status = client.create_endpoint(
                     ep.id,
                     EndpointCreate(
                         network_id=network.id,
-                        host=HOST,
+                        host=name,
                         mac=ep.mac,
                         address=ep.address,
                         port_name=port,
@@ -403,7 +642,7 @@ def _inside(scenario: Scenario, ovs_root: Path, state_dir: Path) -> str:
                 )
                 if not status.flows_confirmed:
                     raise RegenError(f"{spec.label} {ep.label}: flows not confirmed")
-                legend.append(
+                rows.append(
                     _LEGEND_ROW.format(
                         ep.ofport,
                         port,
@@ -413,10 +652,88 @@ def _inside(scenario: Scenario, ovs_root: Path, state_dir: Path) -> str:
                         f"{cookie(CookieKind.ENDPOINT, ep.id):#x}",
                     )
                 )
+            return network, rows
+
+        def segment(spec: NetworkSpec) -> str:
+            if spec.model == NetworkModel.VLAN and uplink is not None:
+                return f", VLAN {spec.vni} on {uplink.nic}"
+            if spec.model == NetworkModel.FLAT and uplink is not None:
+                return f", untagged on {uplink.nic}"
+            if spec.vni is not None:
+                return f", VNI {spec.vni}"
+            return ""
+
+        legend: list[str] = ["", *scenario.notes] if scenario.notes else []
+        for spec in scenario.networks:
+            network, rows = build(spec, HOST, host)
+            network_cookie = f"{cookie(CookieKind.NETWORK, network.id):#x}"
+            legend += [
+                "",
+                f"network {spec.label}: {spec.model} {network.subnet}{segment(spec)}, "
+                f"id {spec.id[:12]}..., "
+                f"key {network.key} (metadata {network.key:#x}, flood group {network.key})",
+                _LEGEND_ROW.format("ofport", "port", "owner", "address", "MAC", "cookie"),
+            ]
+            if spec.gateway_ofport is not None:
+                legend.append(
+                    _LEGEND_ROW.format(
+                        spec.gateway_ofport,
+                        names.gateway_port(network.id),
+                        "gateway",
+                        network.gateway,
+                        network.gateway_mac,
+                        network_cookie,
+                    )
+                )
+            else:
+                legend.append(
+                    _LEGEND_ROW.format(
+                        "-", "-", "gateway", network.gateway, "-", "(the LAN's router: no port)"
+                    )
+                )
+            if spec.uplink and uplink is not None:
+                owner = "trunk" if spec.model == NetworkModel.VLAN else "uplink"
+                legend.append(
+                    _LEGEND_ROW.format(uplink.ofport, uplink.nic, owner, "-", "-", network_cookie)
+                )
+            if spec.model == NetworkModel.VXLAN and underlay is not None:
+                legend.append(
+                    _LEGEND_ROW.format(
+                        underlay.tunnel_ofport,
+                        names.TUNNEL_PORT,
+                        "tunnel",
+                        underlay.ip,
+                        "-",
+                        network_cookie,
+                    )
+                )
+            legend += rows
+
+        for remote in scenario.remotes:
+            legend += [
+                "",
+                f"host {remote.name} (not dumped): bridge {remote.bridge}, "
+                f"dpid {remote.dpid:#018x}, underlay address {remote.address}",
+            ]
+            tunnel = underlay.tunnel_ofport if underlay else "?"
+            for spec in remote.networks:
+                network, rows = build(spec, remote.name, remote_hosts[remote.name])
+                legend += [
+                    f"network {spec.label} there: {spec.model} {network.subnet}{segment(spec)}, "
+                    f"id {spec.id[:12]}..., key {network.key} on {remote.name}",
+                    f"Each container there (ofport and port on {remote.bridge}) has three flows "
+                    f"on {BRIDGE}:",
+                    "the ARP answer, and unicast by address and by MAC into the tunnel "
+                    f"(tun_id {spec.vni}, tun_dst",
+                    f"{remote.address}, output:{tunnel}); the flood group has one such bucket "
+                    f"for host {remote.name}.",
+                    _LEGEND_ROW.format("ofport", "port", "owner", "address", "MAC", "cookie"),
+                    *rows,
+                ]
 
         def ports_known() -> bool:
             ports = host_status().ports
-            ours = {n: p for n, p in ports.items() if n.startswith(names.PREFIX)}
+            ours = {n: p for n, p in ports.items() if n.startswith(names.PREFIX) or n in expected}
             return ours == expected
 
         wait_until(ports_known, CONVERGE_TIMEOUT, f"the controller to see ports {expected}")
