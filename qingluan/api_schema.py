@@ -14,6 +14,9 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from qingluan.model import (
+    AclAction,
+    AclDirection,
+    AclProtocol,
     DatapathType,
     Endpoint,
     Host,
@@ -217,6 +220,7 @@ class EndpointCreate(Body):
 
 class EndpointUpdate(Body):
     container_name: str | None = Field(default=None, max_length=255)
+    labels: dict[str, str] | None = None
     port_mappings: tuple[PortMapping, ...] | None = None
 
 
@@ -230,3 +234,80 @@ class Status(Body):
     networks: list[Network]
     endpoints: list[Endpoint]
     pools: list[Pool]
+
+
+# ---- ACLs ------------------------------------------------------------------
+
+ACL_PRIORITY_MIN, ACL_PRIORITY_MAX = 1, 10_000
+
+
+def _port_range(value: str) -> tuple[int, int]:
+    parts = value.split("-")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"ports: {value!r} is not a port or a range like 8000-8080") from None
+    if len(numbers) not in (1, 2) or not all(1 <= n <= 65535 for n in numbers):
+        raise ValueError(f"ports: {value!r} is not a port or a range of 1-65535")
+    low, high = numbers[0], numbers[-1]
+    if low > high:
+        raise ValueError(f"ports: the range {value} is reversed (write {high}-{low})")
+    return low, high
+
+
+class AclSelectorBody(Body):
+    cidr: str | None = None
+    network: str | None = Field(default=None, min_length=1, max_length=128)
+    container: str | None = Field(default=None, min_length=1, max_length=255)
+    label: str | None = Field(default=None, min_length=3, max_length=512)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AclSelectorBody:
+        given = [k for k in ("cidr", "network", "container", "label") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "a selector is exactly one of cidr, network, container, label "
+                f"(got {', '.join(given) or 'none'})"
+            )
+        if self.cidr is not None:
+            try:
+                ipaddress.IPv4Network(self.cidr, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"cidr: {self.cidr!r} is not an IPv4 CIDR ({exc})") from None
+        if self.label is not None and ("=" not in self.label or not self.label.split("=", 1)[0]):
+            raise ValueError(f"label: {self.label!r} is not key=value")
+        return self
+
+
+class AclCreate(Body):
+    """``POST /v1/acls``: one rule. See ``qingluan.model.AclRule`` for the meaning."""
+
+    id: Name | None = Field(default=None, description="a name for the rule; generated if absent")
+    priority: int = Field(default=100, ge=ACL_PRIORITY_MIN, le=ACL_PRIORITY_MAX)
+    scope: str | None = Field(default=None, min_length=1, max_length=128)
+    direction: AclDirection
+    src: AclSelectorBody | None = None
+    dst: AclSelectorBody | None = None
+    protocol: AclProtocol = AclProtocol.ANY
+    ports: str | None = Field(default=None, description="destination port or range, tcp/udp")
+    icmp_type: int | None = Field(default=None, ge=0, le=255)
+    action: AclAction
+    stateful: bool = True
+    description: str = Field(default="", max_length=255)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AclCreate:
+        if self.ports is not None:
+            if self.protocol not in (AclProtocol.TCP, AclProtocol.UDP):
+                raise ValueError(
+                    f"ports: only tcp and udp rules have ports (protocol is {self.protocol})"
+                )
+            _port_range(self.ports)
+        if self.icmp_type is not None and self.protocol is not AclProtocol.ICMP:
+            raise ValueError(f"icmp_type: only icmp rules have one (protocol is {self.protocol})")
+        return self
+
+    def port_range(self) -> tuple[int | None, int | None]:
+        if self.ports is None:
+            return None, None
+        return _port_range(self.ports)

@@ -129,4 +129,69 @@ class Endpoint(Frozen):
     address: str = Field(description="IPv4 address without prefix length")
     port_name: str = Field(description="host end of the veth pair, attached to the bridge")
     container_name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict, description="the container's labels")
     port_mappings: tuple[PortMapping, ...] = ()
+
+
+# ---- policy ----------------------------------------------------------------
+
+
+class AclDirection(StrEnum):
+    """Relative to the endpoints a rule selects: traffic into them, or out of them."""
+
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
+class AclAction(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class AclProtocol(StrEnum):
+    ANY = "any"
+    TCP = "tcp"
+    UDP = "udp"
+    ICMP = "icmp"
+
+
+class AclSelector(Frozen):
+    """Exactly one of: an IPv4 CIDR, a network (name or id), a container name, a
+    container label ``key=value``."""
+
+    cidr: str | None = None
+    network: str | None = None
+    container: str | None = None
+    label: str | None = None
+
+    def describe(self) -> str:
+        for kind in ("cidr", "network", "container", "label"):
+            value = getattr(self, kind)
+            if value is not None:
+                return f"{kind} {value}"
+        return "anything"
+
+
+class AclRule(Frozen):
+    """One ordered ACL rule as the controller stores it (validated by ``api_schema.AclCreate``).
+
+    ``direction`` says which side the rule *selects*: ``egress`` filters what the
+    endpoints matching ``src`` send, on their hosts; ``ingress`` what the
+    endpoints matching ``dst`` receive, on theirs. The other side is the peer. A
+    missing selector matches every endpoint (selected side) or every address
+    (peer side). Higher ``priority`` wins; the first rule that matches decides.
+    """
+
+    id: str
+    priority: int
+    scope: str | None = Field(default=None, description="network name or id; None: all")
+    direction: AclDirection
+    src: AclSelector | None = None
+    dst: AclSelector | None = None
+    protocol: AclProtocol = AclProtocol.ANY
+    port_min: int | None = None
+    port_max: int | None = None
+    icmp_type: int | None = None
+    action: AclAction
+    stateful: bool = True
+    description: str = ""

@@ -40,6 +40,8 @@ from qingluan.controller.pipeline.flow import (
     OFPP_IN_PORT,
     OFPP_LOCAL,
     Action,
+    Conjunction,
+    Ct,
     Flow,
     Group,
     GroupAction,
@@ -66,6 +68,9 @@ class VocabError(ValueError):
 
 
 # ---- fields ----------------------------------------------------------------------
+
+NX_CT_F_COMMIT = 1
+NX_CT_RECIRC_NONE = 0xFF
 
 # Fields whose OXM payload is wider than the field (OVS counts the real width).
 _FIELD_BITS_OVERRIDE = {
@@ -107,7 +112,15 @@ _PORT_NAMES = {
 }
 
 # Match values printed in hex by ovs-ofctl.
-_HEX_FIELDS = {"metadata", "eth_type", "tunnel_id", "pkt_mark", "ct_mark", "vlan_vid"}
+_HEX_FIELDS = {
+    "metadata",
+    "eth_type",
+    "tunnel_id",
+    "pkt_mark",
+    "ct_mark",
+    "vlan_vid",
+    "ct_state",
+}
 
 
 def _field_type(name: str) -> Any:
@@ -352,6 +365,21 @@ def _action(action: Action) -> Any:
         return parser.NXActionRegMove(
             src_field=action.src, dst_field=action.dst, n_bits=bits, src_ofs=0, dst_ofs=0
         )
+    if isinstance(action, Ct):
+        return parser.NXActionCT(
+            flags=NX_CT_F_COMMIT if action.commit else 0,
+            zone_src="",
+            zone_ofs_nbits=action.zone,
+            recirc_table=NX_CT_RECIRC_NONE if action.table is None else action.table,
+            alg=0,
+            actions=[],
+        )
+    if isinstance(action, Conjunction):
+        if not 1 <= action.clause <= action.n_clauses <= 64:
+            raise VocabError(f"conjunction clause {action.clause}/{action.n_clauses}")
+        return parser.NXActionConjunction(
+            clause=action.clause - 1, n_clauses=action.n_clauses, id_=action.id
+        )
     if isinstance(action, PushVlan):
         return parser.OFPActionPushVlan(action.ethertype)
     if isinstance(action, PopVlan):
@@ -521,6 +549,18 @@ def _parse_action(action: Any, unsupported: list[str]) -> Action | None:
             )
             return None
         return Move(src, dst)
+    if isinstance(action, parser.NXActionCT):
+        if action.zone_src or action.actions or action.alg or action.flags & ~NX_CT_F_COMMIT:
+            unsupported.append("ct with a zone field, nested actions, an ALG or flags")
+            return None
+        table = int(action.recirc_table)
+        return Ct(
+            commit=bool(action.flags & NX_CT_F_COMMIT),
+            zone=int(action.zone_ofs_nbits),
+            table=None if table == NX_CT_RECIRC_NONE else table,
+        )
+    if isinstance(action, parser.NXActionConjunction):
+        return Conjunction(int(action.id), int(action.clause) + 1, int(action.n_clauses))
     if isinstance(action, parser.OFPActionPushVlan):
         return PushVlan(int(action.ethertype))
     if isinstance(action, parser.OFPActionPopVlan):
@@ -672,6 +712,14 @@ def render_action(action: Action) -> str:
     if isinstance(action, SetField):
         value = _value_text(action.field, action.value)
         return f"set_field:{value}->{ovs_field_name(action.field)}"
+    if isinstance(action, Ct):
+        parts = ["commit"] if action.commit else []
+        parts.append(f"zone={action.zone}")
+        if action.table is not None:
+            parts.append(f"table={action.table}")
+        return f"ct({','.join(parts)})"
+    if isinstance(action, Conjunction):
+        return f"conjunction({action.id},{action.clause}/{action.n_clauses})"
     if isinstance(action, PushVlan):
         return f"push_vlan:0x{action.ethertype:04x}"
     if isinstance(action, PopVlan):

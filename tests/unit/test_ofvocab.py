@@ -34,7 +34,9 @@ from qingluan.controller.pipeline.flow import (
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
     OFPP_LOCAL,
+    Conjunction,
     CookieKind,
+    Ct,
     Flow,
     Group,
     GroupAction,
@@ -112,6 +114,26 @@ MISC = [
     Flow.make(0, 100, {"in_port": 9, "vlan_vid": 0}, write_metadata=(7, 0xFFFFFF), goto=10),
     Flow.make(50, 1, {"metadata": 5}, [PushVlan(), SetField("vlan_vid", 0x1064), Output(9)]),
     Flow.make(0, 100, {"in_port": 8, "tunnel_id": 5000}, write_metadata=(3, 0xFF), goto=10),
+    Flow.make(20, 100, {"metadata": (5, 0xFFFFFF), "eth_type": 0x0800}, [Ct(zone=1, table=21)]),
+    Flow.make(
+        21,
+        1000,
+        {"eth_type": 0x0800, "ct_state": (0x21, 0x3F), "ipv4_src": "10.0.0.2"},
+        [Conjunction(7, 1, 2)],
+    ),
+    Flow.make(
+        22,
+        1000,
+        {"conj_id": 7, "eth_type": 0x0800, "ct_state": (0x21, 0x3F)},
+        [Ct(commit=True, zone=1)],
+        goto=30,
+    ),
+    Flow.make(
+        21,
+        900,
+        {"eth_type": 0x0800, "ip_proto": 6, "tcp_dst": (0x1F40, 0xFFC0), "icmpv4_type": 0},
+        [],
+    ),
 ]
 FLOOD_GROUP = Group(5, ((Output(1),), (Output(2),), (SetField("eth_dst", GW_MAC), Output(3))))
 

@@ -5,6 +5,7 @@ vocabulary, ``tables.py`` the declared tables, ``sim.py`` an evaluator that
 runs a packet through the result.
 """
 
+from qingluan.controller.pipeline.acl import Policy
 from qingluan.controller.pipeline.bridge import Peer, compute_bridge
 
-__all__ = ["Peer", "compute_bridge"]
+__all__ = ["Peer", "Policy", "compute_bridge"]

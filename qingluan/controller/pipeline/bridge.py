@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from qingluan import names
+from qingluan.controller.pipeline.acl import DEFAULT_OPTION as ACL_DEFAULT_OPTION
+from qingluan.controller.pipeline.acl import Policy, acl_flows
 from qingluan.controller.pipeline.flow import (
     NETWORK_KEY_MASK,
     NETWORK_KEY_MAX,
@@ -584,12 +586,14 @@ def compute_bridge(
     endpoints: Sequence[Endpoint],
     ports: Mapping[str, int],
     peers: Sequence[Peer] = (),
+    policy: Policy | None = None,
 ) -> BridgeState:
     """The flows and groups one host's bridge must hold.
 
     ``networks`` and ``endpoints`` are this host's; ``ports`` maps port names
     to OpenFlow port numbers as the switch reports them; ``peers`` are the
-    other hosts' sides of this host's vxlan networks (matched by VNI). A gateway or an
+    other hosts' sides of this host's vxlan networks (matched by VNI); ``policy``
+    the ACL rules with the cluster they refer to (``acl.acl_flows``). A gateway or an
     endpoint whose port is not on the bridge yet gets no flow and no bucket;
     its network still gets the rest. Raises ``Conflict`` when two owners need
     the same flow identity or group id, ``ValueError`` for a key that does not
@@ -608,4 +612,8 @@ def compute_bridge(
         if group is not None:
             out.add_group(group, owner)
             out.add_flows([flood_flow(network, group)], owner)
+    if (policy is not None and policy.rules) or any(
+        n.options.get(ACL_DEFAULT_OPTION) for n in networks
+    ):
+        out.add_flows(acl_flows(networks, endpoints, policy or Policy()), "the ACL rules")
     return out.state()

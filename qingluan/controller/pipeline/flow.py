@@ -28,6 +28,9 @@ OFPVID_PRESENT = 0x1000
 OFPVID_NONE = 0x0000
 ETH_TYPE_8021Q = 0x8100
 
+# ct_state bits (OVS): tracked, new, established, related, invalid, reply direction.
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
 # OpenFlow metadata bits that carry the network key.
 NETWORK_KEY_MASK = 0x0000_0000_00FF_FFFF
 NETWORK_KEY_MAX = NETWORK_KEY_MASK
@@ -39,6 +42,7 @@ class CookieKind(IntEnum):
     BASE = 0x01  # table-miss and other fixed pipeline flows
     NETWORK = 0x02  # per network: gateway port, flooding, ARP for the gateway
     ENDPOINT = 0x03  # per endpoint: port security, forwarding, ARP
+    ACL = 0x04  # per ACL rule
 
 
 COOKIE_KIND_SHIFT = 56
@@ -97,7 +101,26 @@ class PopVlan:
     """Remove the outermost 802.1Q header."""
 
 
-Action = Output | GroupAction | SetField | Move | PushVlan | PopVlan
+@dataclass(frozen=True)
+class Ct:
+    """Through the connection tracker (OVS ``ct``): ``commit`` the connection in
+    ``zone``; with ``table``, the packet continues there with its ``ct_state``."""
+
+    commit: bool = False
+    zone: int = 0
+    table: int | None = None
+
+
+@dataclass(frozen=True)
+class Conjunction:
+    """Clause ``clause`` (1-based) of ``n_clauses`` of conjunctive match ``id``."""
+
+    id: int
+    clause: int
+    n_clauses: int
+
+
+Action = Output | GroupAction | SetField | Move | PushVlan | PopVlan | Ct | Conjunction
 
 
 # ---- flows and groups --------------------------------------------------------

@@ -43,6 +43,8 @@ from qingluan.controller.pipeline.flow import (
     OFPVID_PRESENT,
     Action,
     BridgeState,
+    Conjunction,
+    Ct,
     Flow,
     Group,
     GroupAction,
@@ -157,6 +159,8 @@ class _Run:
                 packet[action.dst] = packet[action.src]
             elif isinstance(action, GroupAction):
                 self.group(action.group_id, packet, depth + 1)
+            elif isinstance(action, Ct | Conjunction):
+                raise SimulationError(f"{action!r}: conntrack and conjunctions are not simulated")
             elif isinstance(action, PushVlan):
                 if "vlan_vid" in packet:
                     raise SimulationError(f"push_vlan on a tagged packet {packet}: no QinQ here")

@@ -18,6 +18,8 @@ class Table(IntEnum):
     CLASSIFY = 0
     QUARANTINE = 10
     ACL = 20
+    ACL_EGRESS = 21
+    ACL_INGRESS = 22
     STEERING = 30
     ARP = 40
     L2 = 50
@@ -33,6 +35,7 @@ class TableSpec:
 
 
 _L3 = frozenset({"eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "tcp_dst", "udp_dst"})
+_ACL = frozenset({"metadata", "ct_state", "conj_id", "icmpv4_type"}) | _L3
 
 PIPELINE: dict[Table, TableSpec] = {
     t.table: t
@@ -64,9 +67,23 @@ PIPELINE: dict[Table, TableSpec] = {
         ),
         TableSpec(
             Table.ACL,
-            "ordered ACL rules (reserved)",
+            "IPv4 of networks with ACLs through conntrack (ct, on to ACL_EGRESS); the rest passes",
             frozenset({"metadata", "eth_src", "eth_dst"}) | _L3,
             Table.STEERING,
+        ),
+        TableSpec(
+            Table.ACL_EGRESS,
+            "invalid drops; stateless egress rules; established on to ACL_INGRESS; stateful "
+            "egress rules for new connections (of this host's endpoints)",
+            _ACL,
+            Table.ACL_INGRESS,
+        ),
+        TableSpec(
+            Table.ACL_INGRESS,
+            "stateless ingress rules; established passes; stateful ingress rules (to this "
+            "host's endpoints); the network's default policy, committing what it allows",
+            _ACL,
+            None,
         ),
         TableSpec(
             Table.STEERING,
