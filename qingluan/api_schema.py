@@ -238,7 +238,7 @@ class Status(Body):
 
 # ---- ACLs ------------------------------------------------------------------
 
-ACL_PRIORITY_MIN, ACL_PRIORITY_MAX = 1, 10_000
+ACL_PRIORITY_MIN, ACL_PRIORITY_MAX = 1, 4000
 
 
 def _port_range(value: str) -> tuple[int, int]:

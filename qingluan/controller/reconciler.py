@@ -99,9 +99,12 @@ class Plan:
     undeletable: tuple[str, ...] = ()  # switch flows whose match we cannot say
 
     def phases(self) -> list[list[Request]]:
+        """Groups first, then new and changed flows, and only then the flows that go:
+        a packet meets the old rule set or the new one, never a half-emptied one."""
         return [
             list(self.group_writes),
-            [*self.flow_deletes, *self.flow_adds],
+            list(self.flow_adds),
+            list(self.flow_deletes),
             list(self.group_deletes),
         ]
 

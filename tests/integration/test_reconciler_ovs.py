@@ -320,8 +320,8 @@ def test_changing_the_desired_state_sends_only_the_difference(rig: Rig) -> None:
     assert (result.groups_added, result.groups_modified, result.groups_deleted) == (1, 1, 1)
     metrics = rig.ctl.metrics(HOST.name)
     assert metrics.flows_replaced == 2
-    # group writes + barrier, flow delete + adds + barrier, group delete + barrier
-    assert metrics.messages_sent == (2 + 1) + (1 + 3 + 1) + (1 + 1)
+    # group writes + barrier, flow adds + barrier, flow delete + barrier, group delete + barrier
+    assert metrics.messages_sent == (2 + 1) + (3 + 1) + (1 + 1) + (1 + 1)
     rig.assert_holds(changed)
 
     after = rig.counters()

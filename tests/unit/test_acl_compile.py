@@ -9,8 +9,8 @@ from qingluan.controller import ofvocab
 from qingluan.controller.pipeline import Policy, compute_bridge
 from qingluan.controller.pipeline.acl import (
     NEW,
-    STATEFUL_TOP,
-    STATELESS_TOP,
+    STATEFUL_BASE,
+    STATELESS_BASE,
     acl_flows,
     port_masks,
 )
@@ -137,8 +137,8 @@ def test_priority_orders_rules_and_stateless_rules_come_first() -> None:
         [f] = [f for f in flows if f.cookie == cookie(CookieKind.ACL, rule_id)]
         return f.priority
 
-    assert prio("high") == STATELESS_TOP  # ahead of the established shortcut
-    assert (prio("mid"), prio("low")) == (STATEFUL_TOP - 1, STATEFUL_TOP - 2)
+    assert prio("high") == STATELESS_BASE + 9  # ahead of the established shortcut
+    assert (prio("mid"), prio("low")) == (STATEFUL_BASE + 5, STATEFUL_BASE + 1)
 
 
 @pytest.mark.parametrize(("low", "high"), [(80, 80), (8000, 8080), (1, 65535), (1023, 1025)])

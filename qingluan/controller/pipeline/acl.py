@@ -23,6 +23,7 @@ A port range that is not one masked value is a third clause.
 from __future__ import annotations
 
 import ipaddress
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -57,13 +58,15 @@ IP_PROTO = {AclProtocol.TCP: 6, AclProtocol.UDP: 17, AclProtocol.ICMP: 1}
 CT_ZONE = 1
 DEFAULT_OPTION = "acl_default"  # Network.options: "allow" (default) or "deny"
 
+# OpenFlow priorities: a rule's is its band's base plus its own priority (1-4000, one
+# rule per priority), so a rule keeps its flows' identity when others come and go.
 INVALID_PRIORITY = 65000
-STATELESS_TOP = 64000  # stateless rules: 64000 down to 60001
+STATELESS_BASE = 60500  # stateless rules: before the established shortcut
 ESTABLISHED_PRIORITY = 60000
-STATEFUL_TOP = 59000  # stateful rules: 59000 down to 1001
+STATEFUL_BASE = 1000  # stateful rules: new connections only
 ENTRY_PRIORITY = 100  # table ACL, per network
 DEFAULT_PRIORITY = 10  # table ACL_INGRESS, per network
-MAX_RULES = 4000
+RULE_PRIORITY_MAX = 4000
 
 NEW = (CT_TRK | CT_NEW, CT_TRK | CT_NEW)
 ESTABLISHED = (CT_TRK | CT_EST, CT_TRK | CT_EST)
@@ -153,14 +156,21 @@ def _port_value(mask: tuple[int, int]) -> MatchValue:
     return mask[0] if mask[1] == 0xFFFF else mask
 
 
+def conjunction_id(rule: AclRule) -> int:
+    """A conjunction id of the rule's own (stable while other rules change)."""
+    return zlib.crc32(rule.id.encode()) or 1
+
+
 def rule_flows(
     rule: AclRule,
-    rank: int,
     local: Sequence[Endpoint],
     host_networks: Sequence[Network],
     policy: Policy,
 ) -> list[Flow]:
-    """The flows of one rule on one bridge (none if it selects nothing here)."""
+    """The flows of one rule on one bridge (none if it selects nothing here).
+
+    Rules must have distinct priorities (the controller refuses a taken one): two
+    overlapping flows of one priority would leave the choice to the switch."""
     egress = rule.direction is AclDirection.EGRESS
     selected_sel, peer_sel = (rule.src, rule.dst) if egress else (rule.dst, rule.src)
     scope_ids = {n.id for n in host_networks if in_scope(rule, n)}
@@ -195,9 +205,9 @@ def rule_flows(
     sets = [c for c in clauses if len(c) > 1]
     if rule.stateful:
         final["ct_state"] = NEW
-        priority = STATEFUL_TOP - rank
+        priority = STATEFUL_BASE + rule.priority
     else:
-        priority = STATELESS_TOP - rank
+        priority = STATELESS_BASE + rule.priority
     table = int(Table.ACL_EGRESS if egress else Table.ACL_INGRESS)
     owner = cookie(CookieKind.ACL, rule.id)
     actions, goto = _verdict(rule, egress)
@@ -208,7 +218,7 @@ def rule_flows(
             Flow.make(table, priority, {**final, name: value}, actions, goto=goto, cookie=owner)
             for name, value in sets[0]
         ]
-    conj_id = rank + 1
+    conj_id = conjunction_id(rule)
     flows = [
         Flow.make(
             table,
@@ -253,8 +263,9 @@ def acl_flows(
     if not nets:
         return []
     rules = _ordered(policy.rules)
-    if len(rules) > MAX_RULES:
-        raise ValueError(f"{len(rules)} ACL rules: at most {MAX_RULES}")
+    for rule in rules:
+        if not 1 <= rule.priority <= RULE_PRIORITY_MAX:
+            raise ValueError(f"ACL rule {rule.id}: priority {rule.priority} outside 1-4000")
     base = cookie(CookieKind.BASE, "acl")
     ip = {"eth_type": ETH_TYPE_IPV4}
     egress, ingress, steering = int(Table.ACL_EGRESS), int(Table.ACL_INGRESS), int(Table.STEERING)
@@ -291,6 +302,6 @@ def acl_flows(
                 cookie=owner,
             )
         )
-    for rank, rule in enumerate(rules):
-        flows.extend(rule_flows(rule, rank, local, host_networks, policy))
+    for rule in rules:
+        flows.extend(rule_flows(rule, local, host_networks, policy))
     return flows
