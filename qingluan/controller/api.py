@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from qingluan import __version__
 from qingluan.api_schema import (
     API_PREFIX,
+    AclCreate,
     AddressReply,
     AddressRequest,
     EndpointCreate,
@@ -45,7 +46,7 @@ from qingluan.api_schema import (
 from qingluan.controller.auth import bearer_token, token_matches
 from qingluan.controller.services import Services
 from qingluan.errors import QingluanError, Unauthorized
-from qingluan.model import Endpoint, Network, Pool
+from qingluan.model import AclRule, Endpoint, Network, Pool
 
 log = logging.getLogger(__name__)
 
@@ -449,6 +450,28 @@ def create_app(services: Services, token: str) -> FastAPI:
     def delete_endpoint(endpoint_id: DockerId) -> Response:
         """DeleteEndpoint: returns after its flows are gone (unknown: 204)."""
         services.delete_endpoint(endpoint_id)
+        return Response(status_code=204)
+
+    # ---- ACLs ----
+
+    @router.post("/acls", status_code=201, response_model=AclRule, dependencies=auth, tags=["acls"])
+    def create_acl(body: AclCreate) -> AclRule:
+        """Add one ordered rule; returns once every connected bridge holds it."""
+        return services.create_acl(body)
+
+    @router.get("/acls", response_model=list[AclRule], tags=["acls"])
+    def list_acls() -> list[AclRule]:
+        """Every rule, highest priority first."""
+        return services.list_acls()
+
+    @router.get("/acls/{rule_id}", response_model=AclRule, tags=["acls"])
+    def get_acl(rule_id: Name) -> AclRule:
+        return services.get_acl(rule_id)
+
+    @router.delete("/acls/{rule_id}", status_code=204, dependencies=auth, tags=["acls"])
+    def delete_acl(rule_id: Name) -> Response:
+        """Remove a rule (unknown: 204); returns once every connected bridge lost it."""
+        services.delete_acl(rule_id)
         return Response(status_code=204)
 
     app.include_router(router)

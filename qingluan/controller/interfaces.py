@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from qingluan.api_schema import FlowDump, ReconcileResult
-from qingluan.controller.pipeline import Peer
+from qingluan.controller.pipeline import Peer, Policy
 from qingluan.model import Endpoint, Host, Network
 
 
@@ -27,6 +27,9 @@ class StateSource(Protocol):
 
     def peers(self, host: str) -> list[Peer]:
         """The other hosts' sides of the host's vxlan networks (see ``pipeline.Peer``)."""
+
+    def policy(self) -> Policy:
+        """The ACL rules with the cluster's networks and endpoints they refer to."""
 
 
 class Converger(Protocol):

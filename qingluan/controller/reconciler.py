@@ -54,6 +54,7 @@ from qingluan.controller.ofvocab import (
     SwitchFlow,
     SwitchGroup,
 )
+from qingluan.controller.pipeline.acl import Policy
 from qingluan.controller.pipeline.bridge import Peer
 from qingluan.controller.pipeline.flow import BridgeState, Flow, Group
 from qingluan.errors import NotFound, QingluanError, Timeout, Unavailable
@@ -62,7 +63,8 @@ from qingluan.model import Endpoint, Host, Network
 log = logging.getLogger(__name__)
 
 ComputeFn = Callable[
-    [Sequence[Network], Sequence[Endpoint], Mapping[str, int], Sequence[Peer]], BridgeState
+    [Sequence[Network], Sequence[Endpoint], Mapping[str, int], Sequence[Peer], Policy | None],
+    BridgeState,
 ]
 FlowKey = tuple[int, int, tuple[tuple[str, object], ...]]
 
@@ -488,6 +490,7 @@ class Reconciler:
     ) -> _Outcome:
         host_obj, networks, endpoints = self._state.host_state(host)
         peers = self._state.peers(host)
+        policy = self._state.policy()
         with self._cond:
             conn = self._conns.get(host_obj.dpid)
         if conn is None:
@@ -497,7 +500,7 @@ class Reconciler:
             )
         ports = self._wait_ports(conn, host_obj, require_ports, deadline)
         try:
-            computed = self._compute(networks, endpoints, ports, peers)
+            computed = self._compute(networks, endpoints, ports, peers, policy)
         except ValueError as exc:
             raise QingluanError(f"host {host}: cannot compute its flows: {exc}") from exc
         desired = normalized_state(computed)

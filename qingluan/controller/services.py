@@ -18,13 +18,14 @@ Store layout (one JSON document per key)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from pydantic import BaseModel
 
 from qingluan import names
 from qingluan.api_schema import (
+    AclCreate,
     AddressReply,
     AddressRequest,
     EndpointCreate,
@@ -47,10 +48,20 @@ from qingluan.controller.config import (
     ControllerConfig,
 )
 from qingluan.controller.interfaces import Converger
-from qingluan.controller.pipeline import Peer
+from qingluan.controller.pipeline import Peer, Policy
+from qingluan.controller.pipeline.acl import names_network
 from qingluan.controller.store import KeyValue, Store
-from qingluan.errors import Conflict, NotFound, QingluanError, Unavailable
-from qingluan.model import Allocation, Endpoint, Host, Network, NetworkModel, Pool
+from qingluan.errors import Conflict, InvalidRequest, NotFound, QingluanError, Unavailable
+from qingluan.model import (
+    AclRule,
+    AclSelector,
+    Allocation,
+    Endpoint,
+    Host,
+    Network,
+    NetworkModel,
+    Pool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +70,7 @@ POOLS = "pools/"
 ALLOCATIONS = "allocations/"
 NETWORKS = "networks/"
 ENDPOINTS = "endpoints/"
+ACLS = "acls/"
 
 DEFAULT_MTU = 1500
 # A VXLAN header costs 50 bytes of a 1500-byte underlay; the driver, which
@@ -86,6 +98,10 @@ def allocation_key(pool_id: str, address: str) -> str:
 
 def network_key(network_id: str) -> str:
     return NETWORKS + network_id
+
+
+def acl_key(rule_id: str) -> str:
+    return ACLS + rule_id
 
 
 def endpoint_key(endpoint_id: str) -> str:
@@ -178,6 +194,15 @@ class StoreState:
             networks = [n for n in _all(tx, NETWORKS, Network) if n.host == host]
             endpoints = [e for e in _all(tx, ENDPOINTS, Endpoint) if e.host == host]
         return found, networks, endpoints
+
+    def policy(self) -> Policy:
+        with self._store.transaction() as tx:
+            rules = _all(tx, ACLS, AclRule)
+            if not rules:
+                return Policy()
+            networks = _all(tx, NETWORKS, Network)
+            endpoints = _all(tx, ENDPOINTS, Endpoint)
+        return Policy(tuple(rules), tuple(networks), tuple(endpoints))
 
     def peers(self, host: str) -> list[Peer]:
         with self._store.transaction() as tx:
@@ -592,6 +617,8 @@ class Services(StoreState):
             # the other hosts learn the new endpoint before Join returns: replies from
             # their containers are tunnelled back from the first packet
             self._converge_neighbours(endpoint.host)
+        if created and self._acls_exist():
+            self._converge_others(endpoint.host)  # rules elsewhere may name its address
         return EndpointStatus(endpoint=endpoint, flows_confirmed=True), created
 
     def _undo_endpoint(self, endpoint: Endpoint, pool_id: str, added: Allocation | None) -> None:
@@ -621,6 +648,8 @@ class Services(StoreState):
         changes: dict[str, object] = {}
         if body.container_name is not None:
             changes["container_name"] = body.container_name
+        if body.labels is not None:
+            changes["labels"] = dict(body.labels)
         if body.port_mappings is not None:
             changes["port_mappings"] = body.port_mappings
         with self._store.transaction() as tx:
@@ -628,6 +657,12 @@ class Services(StoreState):
             updated = endpoint.model_copy(update=changes)
             if updated != endpoint:
                 tx.put(endpoint_key(endpoint_id), updated)
+        named = (updated.container_name, updated.labels) != (
+            endpoint.container_name,
+            endpoint.labels,
+        )
+        if named and self._acls_exist():
+            self._converge_all()  # a rule naming the container or a label now applies
         return updated
 
     def delete_endpoint(self, endpoint_id: str) -> None:
@@ -642,6 +677,99 @@ class Services(StoreState):
         self._converge_soon(endpoint.host)
         if network is not None and network.model is NetworkModel.VXLAN:
             self._converge_neighbours(endpoint.host)
+        if self._acls_exist():
+            self._converge_others(endpoint.host)
+
+    # ---- ACLs ----------------------------------------------------------------
+
+    def _converge_all(self) -> None:
+        """Every registered host, one after the other, each confirmed (or disconnected:
+        then it gets the rules when it connects)."""
+        for host in _all(self._store, HOSTS, Host):
+            self._converge_soon(host.name)
+
+    def _converge_others(self, host: str) -> None:
+        for other in _all(self._store, HOSTS, Host):
+            if other.name != host:
+                self._converge_soon(other.name)
+
+    def _acls_exist(self) -> bool:
+        return bool(self._store.scan(ACLS))
+
+    def create_acl(self, body: AclCreate) -> AclRule:
+        """Store one rule, then converge every bridge; refused before anything changes."""
+        with self._store.transaction() as tx:
+            rules = _all(tx, ACLS, AclRule)
+            networks = _all(tx, NETWORKS, Network)
+            endpoints = _all(tx, ENDPOINTS, Endpoint)
+            rule_id = body.id or _next_acl_id(r.id for r in rules)
+            if any(r.id == rule_id for r in rules):
+                raise Conflict(f"ACL rule {rule_id} already exists")
+            taken = next((r for r in rules if r.priority == body.priority), None)
+            if taken is not None:
+                raise Conflict(
+                    f"priority {body.priority} is already ACL rule {taken.id}: every rule "
+                    "has its own priority (they decide the order)"
+                )
+            if body.scope is not None and not any(names_network(n, body.scope) for n in networks):
+                raise InvalidRequest(f"scope: unknown network {body.scope!r}")
+            selectors = {}
+            for side in ("src", "dst"):
+                given = getattr(body, side)
+                if given is None:
+                    continue
+                selector = AclSelector(**given.model_dump())
+                _check_selector(side, selector, networks, endpoints)
+                selectors[side] = selector
+            low, high = body.port_range()
+            rule = AclRule(
+                id=rule_id,
+                priority=body.priority,
+                scope=body.scope,
+                direction=body.direction,
+                src=selectors.get("src"),
+                dst=selectors.get("dst"),
+                protocol=body.protocol,
+                port_min=low,
+                port_max=high,
+                icmp_type=body.icmp_type,
+                action=body.action,
+                stateful=body.stateful,
+                description=body.description,
+            )
+            tx.put(acl_key(rule_id), rule)
+        try:
+            self._converge_all_confirmed()
+        except Exception:
+            with self._store.transaction() as tx:
+                tx.delete(acl_key(rule_id))
+            self._converge_all()
+            raise
+        return rule
+
+    def _converge_all_confirmed(self) -> None:
+        for host in _all(self._store, HOSTS, Host):
+            try:
+                self._converger.converge(host.name, timeout=self._timeout)
+            except Unavailable as exc:
+                log.info("host %s: not converged now (%s); it will be on connect", host.name, exc)
+
+    def list_acls(self) -> list[AclRule]:
+        return sorted(_all(self._store, ACLS, AclRule), key=lambda r: (-r.priority, r.id))
+
+    def get_acl(self, rule_id: str) -> AclRule:
+        rule = _load(self._store, acl_key(rule_id), AclRule)
+        if rule is None:
+            raise NotFound(f"ACL rule {rule_id} not found")
+        return rule
+
+    def delete_acl(self, rule_id: str) -> None:
+        """Remove one rule (unknown: fine) and converge every bridge."""
+        with self._store.transaction() as tx:
+            if _load(tx, acl_key(rule_id), AclRule) is None:
+                return
+            tx.delete(acl_key(rule_id))
+        self._converge_all_confirmed()
 
     # ---- status --------------------------------------------------------------
 
@@ -675,3 +803,28 @@ def _same_endpoint(existing: Endpoint, new: Endpoint) -> bool:
     """Identical for a repeat: what PATCH may change (name, published ports) aside."""
     mutable = {"container_name": None, "port_mappings": ()}
     return existing.model_copy(update=mutable) == new.model_copy(update=mutable)
+
+
+def _next_acl_id(taken: Iterable[str]) -> str:
+    used = set(taken)
+    n = 1
+    while f"acl-{n}" in used:
+        n += 1
+    return f"acl-{n}"
+
+
+def _check_selector(
+    side: str, selector: AclSelector, networks: Sequence[Network], endpoints: Sequence[Endpoint]
+) -> None:
+    if selector.network is not None and not any(
+        names_network(n, selector.network) for n in networks
+    ):
+        raise InvalidRequest(f"{side}: unknown network {selector.network!r}")
+    if selector.container is not None and not any(
+        e.container_name == selector.container for e in endpoints
+    ):
+        raise InvalidRequest(
+            f"{side}: unknown container {selector.container!r} (no endpoint of a qingluan "
+            "network belongs to a container of that name; select by label to name "
+            "containers that do not run yet)"
+        )

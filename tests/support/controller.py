@@ -34,6 +34,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
+from qingluan.controller.pipeline.acl import Policy
 from qingluan.controller.pipeline.bridge import Peer
 from qingluan.controller.pipeline.flow import BridgeState, CookieKind, Flow, cookie
 from qingluan.errors import NotFound
@@ -74,19 +75,23 @@ class FakeState:
     def peers(self, host: str) -> list[Peer]:
         return []
 
+    def policy(self) -> Policy:
+        return Policy()
+
     def compute(
         self,
         networks: Sequence[Network],
         endpoints: Sequence[Endpoint],
         ports: Mapping[str, int],
         peers: Sequence[Peer] = (),
+        policy: Policy | None = None,
     ) -> BridgeState:
         with self._lock:
             desired, port_flows = self.desired, self.port_flows
         if desired is None:
             from qingluan.controller.pipeline import compute_bridge
 
-            return compute_bridge(networks, endpoints, ports, peers)
+            return compute_bridge(networks, endpoints, ports, peers, policy)
         if not port_flows:
             return desired
         extra = {

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from qingluan import names
 from qingluan.api_schema import (
+    AclCreate,
     AddressRequest,
     EndpointCreate,
     EndpointUpdate,
@@ -649,3 +650,57 @@ def test_a_host_gone_for_good_is_forced_out_of_every_other_hosts_tunnels(
         svc.get_network(NET1).pool_id, AddressRequest(address=ip, mac="02:42:ac:11:00:0b")
     )
     assert created and reply.address.startswith(ip + "/")
+
+
+# ---- ACLs ----------------------------------------------------------------------
+
+
+def acl(**fields: object) -> AclCreate:
+    return AclCreate.model_validate({"direction": "ingress", "action": "deny", **fields})
+
+
+def test_acl_rules_are_checked_against_the_cluster_before_anything_changes(
+    svc: Services, conv: RecordingConverger
+) -> None:
+    make_network(svc)
+    run_container(svc, "e" * 64, MAC_A)
+    svc.update_endpoint("e" * 64, EndpointUpdate(container_name="web"))
+    conv.calls.clear()
+    bad = [
+        (acl(scope="nope"), "scope: unknown network 'nope'"),
+        (acl(src={"container": "ghost"}), "src: unknown container 'ghost'"),
+        (acl(dst={"network": "nope"}), "dst: unknown network 'nope'"),
+    ]
+    for body, message in bad:
+        with pytest.raises(InvalidRequest, match=re.escape(message)):
+            svc.create_acl(body)
+    assert svc.list_acls() == [] and conv.calls == []
+    rule = svc.create_acl(acl(src={"container": "web"}, priority=10))
+    assert rule.id == "acl-1" and rule.src is not None and rule.src.container == "web"
+    assert sorted(h for h, _ in conv.calls) == ["h1", "h2"]  # every bridge, before the reply
+    with pytest.raises(Conflict, match="priority 10 is already ACL rule acl-1"):
+        svc.create_acl(acl(priority=10))
+    with pytest.raises(Conflict, match="ACL rule acl-1 already exists"):
+        svc.create_acl(acl(id="acl-1", priority=11))
+    policy = svc.policy()
+    assert [r.id for r in policy.rules] == ["acl-1"] and len(policy.endpoints) == 1
+    svc.delete_acl("acl-1")
+    svc.delete_acl("acl-1")
+    assert svc.list_acls() == [] and svc.policy().rules == ()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"src": {"cidr": "10.0.0.1/24"}}, "is not an IPv4 CIDR"),
+        ({"protocol": "tcp", "ports": "90-80"}, "the range 90-80 is reversed"),
+        ({"protocol": "icmp", "ports": "80"}, "only tcp and udp rules have ports"),
+        ({"protocol": "tcp", "icmp_type": 8}, "only icmp rules have one"),
+        ({"src": {"cidr": "10.0.0.0/8", "label": "a=b"}}, "exactly one of cidr"),
+        ({"dst": {"label": "novalue"}}, "is not key=value"),
+        ({"priority": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_bad_acl_bodies_name_the_problem(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        acl(**fields)
