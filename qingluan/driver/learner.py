@@ -79,6 +79,7 @@ def _short(docker_id: str) -> str:
 class DockerNetworkInfo(NamedTuple):
     name: str
     containers: dict[str, str]  # endpoint id -> container name
+    container_ids: dict[str, str] = {}  # endpoint id -> container id (for its labels)
 
 
 class DockerNetworks(Protocol):
@@ -86,6 +87,11 @@ class DockerNetworks(Protocol):
 
     def inspect_network(self, network_id: str) -> DockerNetworkInfo | None:
         """Name and attached containers; ``None`` if Docker does not know the network.
+        Raises ``Unavailable`` if Docker cannot be asked."""
+        ...
+
+    def container_labels(self, container_id: str) -> dict[str, str] | None:
+        """The container's labels; ``None`` if Docker does not know it.
         Raises ``Unavailable`` if Docker cannot be asked."""
         ...
 
@@ -102,6 +108,18 @@ class _DockerNetwork(BaseModel):
 
     name: str = Field(alias="Name")
     containers: dict[str, _DockerContainer] | None = Field(default=None, alias="Containers")
+
+
+class _DockerConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    labels: dict[str, str] | None = Field(default=None, alias="Labels")
+
+
+class _DockerContainerInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    config: _DockerConfig = Field(default_factory=_DockerConfig, alias="Config")
 
 
 class DockerApi:
@@ -144,12 +162,31 @@ class DockerApi:
             raise QingluanError(
                 f"unexpected answer of the Docker API to GET {url}: {exc}"
             ) from None
-        containers = {
-            c.endpoint_id: c.name.lstrip("/")
-            for c in (body.containers or {}).values()
-            if c.endpoint_id and c.name
-        }
-        return DockerNetworkInfo(body.name, containers)
+        members = {cid: c for cid, c in (body.containers or {}).items() if c.endpoint_id and c.name}
+        containers = {c.endpoint_id: c.name.lstrip("/") for c in members.values()}
+        ids = {c.endpoint_id: cid for cid, c in members.items()}
+        return DockerNetworkInfo(body.name, containers, ids)
+
+    def container_labels(self, container_id: str) -> dict[str, str] | None:
+        url = f"/{DOCKER_API_VERSION}/containers/{quote(container_id, safe='')}/json"
+        try:
+            reply = self._http.get(url, headers={"Accept": "application/json"})
+        except httpx.HTTPError as exc:
+            raise Unavailable(
+                f"the Docker API at {self.docker_host} is not reachable ({exc})"
+            ) from None
+        if reply.status_code == 404:
+            return None
+        if reply.status_code >= 400:
+            text = reply.text.strip()[:200]
+            raise Unavailable(f"the Docker API answered GET {url} with {reply.status_code}: {text}")
+        try:
+            body = _DockerContainerInfo.model_validate_json(reply.content)
+        except ValidationError as exc:
+            raise QingluanError(
+                f"unexpected answer of the Docker API to GET {url}: {exc}"
+            ) from None
+        return dict(body.config.labels or {})
 
 
 # ---- the learner ---------------------------------------------------------------
@@ -323,10 +360,16 @@ class NameLearner:
             if container is None:
                 missing.append(_short(ep.id))
                 continue
-            if container == ep.container_name:
+            labels = self._labels(info.container_ids.get(ep.id))
+            renamed = container != ep.container_name
+            relabelled = labels is not None and labels != ep.labels
+            if not renamed and not relabelled:
                 continue
             try:
-                update = EndpointUpdate(container_name=container)
+                update = EndpointUpdate(
+                    container_name=container if renamed else None,
+                    labels=labels if relabelled else None,
+                )
             except ValidationError:
                 log.warning("endpoint %s: container name %r is too long", _short(ep.id), container)
                 continue
@@ -335,6 +378,16 @@ class NameLearner:
         if missing:
             return f"Docker lists no container for endpoints {', '.join(missing)} (yet)"
         return None
+
+    def _labels(self, container_id: str | None) -> dict[str, str] | None:
+        """The container's labels, or None when they cannot be had now (kept as they are)."""
+        if not container_id:
+            return None
+        try:
+            return self._docker.container_labels(container_id)
+        except QingluanError as exc:
+            log.info("labels of container %s not learnt now: %s", container_id[:12], exc)
+            return None
 
     def _retry(self, network_id: str, pending: _Pending, reason: str) -> None:
         t = self.timing

@@ -89,6 +89,8 @@ class FakeDockerd:
         self.socket_path = socket_path
         self.networks: dict[str, dict[str, Any]] = {}
         self.requests: list[str] = []  # network ids asked for, in order
+        self.container_requests: list[str] = []  # container ids asked for (labels)
+        self.labels: dict[str, dict[str, str]] = {}  # container id -> labels
         self.request_times: list[float] = []
         self.answered = 0
         self.fail_next = 0  # answer this many requests with a 500
@@ -118,8 +120,17 @@ class FakeDockerd:
             self._thread.join(5)
         self.socket_path.unlink(missing_ok=True)
 
-    def add_network(self, network_id: str, name: str, containers: dict[str, str]) -> None:
-        """``containers``: endpoint id -> container name, shaped as dockerd shows them."""
+    def add_network(
+        self,
+        network_id: str,
+        name: str,
+        containers: dict[str, str],
+        labels: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        """``containers``: endpoint id -> container name, shaped as dockerd shows them;
+        ``labels``: endpoint id -> its container's labels."""
+        for i, endpoint_id in enumerate(containers):
+            self.labels[f"{i:x}".rjust(64, "c")] = dict((labels or {}).get(endpoint_id, {}))
         self.networks[network_id] = {
             "Name": name,
             "Id": network_id,
@@ -142,6 +153,20 @@ class FakeDockerd:
     def handle(self, req: _DockerHandler) -> None:
         prefix = "/v1.41/networks/"
         network_id = req.path[len(prefix) :] if req.path.startswith(prefix) else None
+        containers = "/v1.41/containers/"
+        if req.path.startswith(containers) and req.path.endswith("/json"):
+            cid = req.path[len(containers) : -len("/json")]
+            with self._lock:
+                self.container_requests.append(cid)
+            known = cid in self.labels
+            reply = {"Id": cid, "Config": {"Labels": self.labels[cid]}} if known else {}
+            data = json.dumps(reply if known else {"message": "no such container"}).encode()
+            req.send_response(200 if known else 404)
+            req.send_header("Content-Type", "application/json")
+            req.send_header("Content-Length", str(len(data)))
+            req.end_headers()
+            req.wfile.write(data)
+            return
         with self._lock:
             self.requests.append(network_id or req.path)
             self.request_times.append(time.monotonic())
@@ -247,12 +272,14 @@ class RecordingController:
 
     def update_endpoint(self, endpoint_id: str, body: EndpointUpdate) -> Endpoint:
         self._maybe_fail("update_endpoint")
-        assert body.container_name is not None
         with self._lock:
-            self.patches.append(("endpoint", endpoint_id, body.container_name))
-            e = self.endpoints[endpoint_id].model_copy(
-                update={"container_name": body.container_name}
-            )
+            e = self.endpoints[endpoint_id]
+            if body.container_name is not None:
+                self.patches.append(("endpoint", endpoint_id, body.container_name))
+                e = e.model_copy(update={"container_name": body.container_name})
+            if body.labels is not None:
+                self.patches.append(("labels", endpoint_id, ",".join(sorted(body.labels))))
+                e = e.model_copy(update={"labels": dict(body.labels)})
             self.endpoints[endpoint_id] = e
             return e
 
@@ -279,6 +306,10 @@ class ThreadRecordingDocker:
     def inspect_network(self, network_id: str) -> DockerNetworkInfo | None:
         self.threads.add(threading.current_thread().name)
         return self.api.inspect_network(network_id)
+
+    def container_labels(self, container_id: str) -> dict[str, str] | None:
+        self.threads.add(threading.current_thread().name)
+        return self.api.container_labels(container_id)
 
 
 @pytest.fixture
@@ -334,11 +365,26 @@ def test_learns_network_name_and_container_names(dockerd, ctl, make_learner):
     assert ctl.patches[3:] == [("endpoint", EP, "web1")]
 
 
+def test_learns_container_labels_for_acls(dockerd, ctl, make_learner):
+    dockerd.add_network(NET, "named1", {EP: "web1"}, labels={EP: {"tier": "web", "a": "b=c"}})
+    learner = make_learner(ctl)
+    learner.notify(NET)
+    wait_for(lambda: ctl.endpoints[EP].labels == {"tier": "web", "a": "b=c"}, "the labels")
+    assert ctl.endpoints[EP].container_name == "web1"
+    wait_for(settled(learner), "no retry pending")
+    before = len(ctl.patches)
+    learner.notify(NET)  # nothing changed: asked again, nothing PATCHed
+    wait_for(lambda: len(dockerd.container_requests) >= 2, "a second look")
+    time.sleep(0.2)
+    assert len(ctl.patches) == before
+
+
 def test_the_docker_api_is_asked_at_its_socket(dockerd, sock_path):
     dockerd.add_network(NET, "named1", {EP: "web1"})
     api = DockerApi(f"unix://{sock_path}")
     try:
-        assert api.inspect_network(NET) == DockerNetworkInfo("named1", {EP: "web1"})
+        info = api.inspect_network(NET)
+        assert info is not None and (info.name, info.containers) == ("named1", {EP: "web1"})
         assert api.inspect_network(NET2) is None  # 404: Docker does not know it
         dockerd.fail_next = 1
         with pytest.raises(Unavailable, match=r"answered GET /v1\.41/networks/.* with 500"):
