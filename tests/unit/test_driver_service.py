@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,17 @@ from tests.unit.test_driver_handlers import FakeController, FakeHost
 from tests.unit.test_driver_server import post
 
 
+def _listening(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 @contextmanager
 def running(driver: Driver) -> Iterator[None]:
     loop = asyncio.new_event_loop()
@@ -22,7 +34,7 @@ def running(driver: Driver) -> Iterator[None]:
     thread = threading.Thread(target=lambda: loop.run_until_complete(driver.run(stop)))
     thread.start()
     deadline = time.monotonic() + 10
-    while not driver.config.network_socket.exists():
+    while not _listening(driver.config.network_socket):  # the file exists before listen()
         assert time.monotonic() < deadline, "no socket"
         time.sleep(0.01)
     try:
