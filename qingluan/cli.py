@@ -69,20 +69,30 @@ def _get(url: str) -> object:
     return reply.json()
 
 
-def cmd_host_rm(args: argparse.Namespace) -> int:
+def _send(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    *,
+    body: object = None,
+    params: dict[str, str] | None = None,
+) -> object:
+    """An authenticated call (the token from ``--token-file``); exits with the error."""
     import httpx
 
     try:
         token = args.token_file.read_text().strip()
     except OSError as exc:
         raise SystemExit(f"qingluan: cannot read the API token {args.token_file}: {exc}") from None
-    url = f"{_controller_url(args)}/v1/hosts/{args.name}"
+    url = f"{_controller_url(args)}/v1{path}"
     try:
-        reply = httpx.delete(
+        reply = httpx.request(
+            method,
             url,
-            params={"force": "true"} if args.force else None,
+            json=body,
+            params=params,
             headers={"Authorization": f"Bearer {token}"},
-            timeout=30.0,
+            timeout=60.0,
         )
     except httpx.HTTPError as exc:
         raise SystemExit(f"qingluan: cannot reach the controller at {url}: {exc}") from None
@@ -92,7 +102,65 @@ def cmd_host_rm(args: argparse.Namespace) -> int:
         except ValueError:
             message = reply.text
         raise SystemExit(f"qingluan: {message}")
+    return reply.json() if reply.content else None
+
+
+def cmd_host_rm(args: argparse.Namespace) -> int:
+    params = {"force": "true"} if args.force else None
+    _send(args, "DELETE", f"/hosts/{args.name}", params=params)
     print(f"host {args.name} removed")
+    return 0
+
+
+def parse_selector(text: str | None) -> dict[str, str] | None:
+    """``cidr=10.0.0.0/8``, ``network=web``, ``container=db1``, ``label=tier=db``."""
+    if text is None:
+        return None
+    kind, sep, value = text.partition("=")
+    if not sep or kind not in ("cidr", "network", "container", "label"):
+        raise SystemExit(
+            f"qingluan: selector {text!r}: write cidr=..., network=..., container=... "
+            "or label=KEY=VALUE"
+        )
+    return {kind: value}
+
+
+def cmd_acl_add(args: argparse.Namespace) -> int:
+    body: dict[str, object] = {
+        "direction": args.direction,
+        "action": args.action,
+        "priority": args.priority,
+        "protocol": args.protocol,
+        "stateful": not args.stateless,
+        "description": args.description,
+    }
+    for key in ("id", "scope", "ports", "icmp_type"):
+        value = getattr(args, key)
+        if value is not None:
+            body[key] = value
+    for side in ("src", "dst"):
+        selector = parse_selector(getattr(args, side))
+        if selector is not None:
+            body[side] = selector
+    rule = _send(args, "POST", "/acls", body=body)
+    assert isinstance(rule, dict)
+    print(f"ACL rule {rule['id']} added")
+    return 0
+
+
+def cmd_acl_ls(args: argparse.Namespace) -> int:
+    from qingluan.model import AclRule
+    from qingluan.status_view import render_acls
+
+    data = _get(_controller_url(args) + "/v1/acls")
+    assert isinstance(data, list)
+    print(render_acls([AclRule.model_validate(r) for r in data]))
+    return 0
+
+
+def cmd_acl_rm(args: argparse.Namespace) -> int:
+    _send(args, "DELETE", f"/acls/{args.id}")
+    print(f"ACL rule {args.id} removed")
     return 0
 
 
@@ -208,6 +276,33 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--force", action="store_true", help="also for a host that still has networks")
     rm.add_argument("--token-file", type=Path, default=DEFAULT_STATE_DIR / "token")
     rm.set_defaults(func=cmd_host_rm)
+
+    acl = sub.add_parser("acl", help="ordered ACL rules (add, ls, rm)")
+    asub = acl.add_subparsers(dest="acl_command", required=True)
+    add = asub.add_parser("add", help="add a rule; returns once every bridge holds it")
+    _add_controller_arg(add)
+    add.add_argument("--token-file", type=Path, default=DEFAULT_STATE_DIR / "token")
+    add.add_argument("--id", help="the rule's name (default: acl-N)")
+    add.add_argument("--priority", type=int, default=100, help="1-4000, higher first; unique")
+    add.add_argument("--scope", help="a network (name or id); default: every network")
+    add.add_argument("--direction", choices=("ingress", "egress"), required=True)
+    add.add_argument("--src", metavar="KIND=VALUE", help="cidr=, network=, container=, label=K=V")
+    add.add_argument("--dst", metavar="KIND=VALUE", help="as --src")
+    add.add_argument("--protocol", choices=("any", "tcp", "udp", "icmp"), default="any")
+    add.add_argument("--ports", help="destination port or range (tcp/udp), e.g. 8000-8080")
+    add.add_argument("--icmp-type", type=int, help="icmp only, e.g. 8 (echo request)")
+    add.add_argument("--action", choices=("allow", "deny"), required=True)
+    add.add_argument("--stateless", action="store_true", help="every packet, not connections")
+    add.add_argument("--description", default="")
+    add.set_defaults(func=cmd_acl_add)
+    ls = asub.add_parser("ls", help="the rules, highest priority first")
+    _add_controller_arg(ls)
+    ls.set_defaults(func=cmd_acl_ls)
+    rm_acl = asub.add_parser("rm", help="remove a rule")
+    _add_controller_arg(rm_acl)
+    rm_acl.add_argument("--token-file", type=Path, default=DEFAULT_STATE_DIR / "token")
+    rm_acl.add_argument("id")
+    rm_acl.set_defaults(func=cmd_acl_rm)
 
     fl = sub.add_parser("flows", help="the flows of a host's bridge")
     _add_controller_arg(fl)

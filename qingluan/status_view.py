@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from qingluan.api_schema import FlowDump, Status
 from qingluan.controller.pipeline.flow import COOKIE_KIND_SHIFT, CookieKind
+from qingluan.model import AclRule, AclSelector
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -80,6 +81,7 @@ _OWNER = {
     CookieKind.BASE: "pipeline",
     CookieKind.NETWORK: "network",
     CookieKind.ENDPOINT: "endpoint",
+    CookieKind.ACL: "acl",
 }
 
 
@@ -99,3 +101,31 @@ def owner_of(cookie: int) -> str:
         return _OWNER[CookieKind(cookie >> COOKIE_KIND_SHIFT)]
     except ValueError:
         return "foreign"
+
+
+def _selector(sel: AclSelector | None) -> str:
+    return "*" if sel is None else sel.describe().replace(" ", "=", 1)
+
+
+def render_acls(rules: Sequence[AclRule]) -> str:
+    """The rules as a table, highest priority first."""
+    rows = [
+        (
+            str(r.priority),
+            r.id,
+            r.scope or "*",
+            r.direction.value,
+            _selector(r.src),
+            _selector(r.dst),
+            r.protocol.value
+            + (f"/{r.port_min}" if r.port_min is not None else "")
+            + (f"-{r.port_max}" if r.port_max not in (None, r.port_min) else "")
+            + (f"/type={r.icmp_type}" if r.icmp_type is not None else ""),
+            r.action.value,
+            "stateful" if r.stateful else "stateless",
+            r.description,
+        )
+        for r in sorted(rules, key=lambda r: (-r.priority, r.id))
+    ]
+    head = ("PRIO", "ID", "SCOPE", "DIRECTION", "SRC", "DST", "PROTO", "ACTION", "STATE", "NOTE")
+    return table(head, rows) if rows else "no ACL rules"
