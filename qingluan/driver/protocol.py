@@ -50,6 +50,7 @@ GATEWAY_ADDRESS_TYPE = "com.docker.network.gateway"
 MODEL_OPTION = "model"
 VNI_OPTION = "vni"
 NAT_OPTION = modes.NAT_OPTION  # vxlan: NAT through this host (default true)
+ACL_DEFAULT_OPTION = "acl_default"  # allow (default) or deny: traffic no ACL rule matches
 POOL_OPTION = "pool"
 PHYSNET_OPTION = "physnet"  # flat: which physical network (driver's --uplink PHYSNET:NIC)
 # flat: set by the driver (never by the user) to the uplink NIC, which is also its OVS port
@@ -336,6 +337,15 @@ def parse_network_options(options: Mapping[str, Any]) -> NetworkOptions:
         mtu = _number(f"--opt {key}", raw_mtu)
         if not MTU_MIN <= mtu <= MTU_MAX:
             raise InvalidRequest(f"--opt {key}={raw_mtu}: MTU must be {MTU_MIN}-{MTU_MAX}")
+    raw_default = opts.get(ACL_DEFAULT_OPTION)
+    if raw_default is not None:
+        value = raw_default.strip().lower()
+        if value not in ("allow", "deny"):
+            raise InvalidRequest(
+                f"--opt {ACL_DEFAULT_OPTION}={raw_default}: say allow or deny (what the "
+                "network's ACLs do with traffic no rule matches)"
+            )
+        opts[ACL_DEFAULT_OPTION] = value
     raw_nat = opts.get(NAT_OPTION)
     if raw_nat is not None:
         if model is not NetworkModel.VXLAN:

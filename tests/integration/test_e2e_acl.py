@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.integration.conftest import ip_of, pings, running_stack
+from tests.integration.conftest import ip_of, pings, run_sleeper, running_stack
 from tests.integration.test_e2e_crosshost import VXLAN
 from tests.support.dockerd import DockerCommandError
 from tests.support.proc import wait_until
@@ -200,6 +200,29 @@ def test_a_rule_follows_its_container_to_another_host(clean: Rig) -> None:
             20,
             "db's name at the controller",
         )
+
+
+def test_a_network_that_denies_by_default_needs_an_allow(clean: Rig) -> None:
+    h1 = clean.host("h1")
+    h1.docker("network", "create", *QL, "--opt", "acl_default=deny", "closed")
+    try:
+        a = run_sleeper(h1, "closed-a", "closed")
+        run_sleeper(h1, "closed-b", "closed")
+        assert not pings(h1, "closed-b", a)
+        assert pings(h1, "web", clean.ips["db"])  # other networks keep their default
+        wait_until(
+            lambda: "closed" in {n["name"] for n in clean.stack.get("/v1/networks")},
+            20,
+            "the network's name at the controller",
+        )
+        clean.acl("add", "--scope", "closed", "--direction", "ingress", "--protocol", "icmp",
+                  "--action", "allow", "--priority", "70")  # fmt: skip
+        assert pings(h1, "closed-b", a)
+    finally:
+        h1.docker("rm", "-f", "closed-a", "closed-b")
+        for rule in clean.stack.get("/v1/acls"):
+            clean.acl("rm", rule["id"])
+        h1.docker("network", "rm", "closed")
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,11 @@ def test_unknown_model_names_the_choices():
         ({"model": "nat", "vni": "100"}, "--opt vni=100: a nat network takes no vni"),
         ({"model": "vxlan", "vni": "5", "nat": "maybe"}, "--opt nat=maybe: say true or false"),
         (
+            {"model": "nat", "acl_default": "block"},
+            "--opt acl_default=block: say allow or deny (what the network's ACLs do with "
+            "traffic no rule matches)",
+        ),
+        (
             {"model": "nat", "nat": "true"},
             "--opt nat is for vxlan networks; a nat network is NATed or not by its model "
             "(model=nat or model=nonat)",
