@@ -24,6 +24,7 @@ from qingluan.model import (
     NetworkModel,
     Pool,
     PortMapping,
+    SteeringAction,
 )
 
 API_PREFIX = "/v1"
@@ -305,6 +306,50 @@ class AclCreate(Body):
             _port_range(self.ports)
         if self.icmp_type is not None and self.protocol is not AclProtocol.ICMP:
             raise ValueError(f"icmp_type: only icmp rules have one (protocol is {self.protocol})")
+        return self
+
+    def port_range(self) -> tuple[int | None, int | None]:
+        if self.ports is None:
+            return None, None
+        return _port_range(self.ports)
+
+
+class SteeringCreate(Body):
+    """``POST /v1/steering``: one rule. See ``qingluan.model.SteeringRule``."""
+
+    id: Name | None = Field(default=None, description="a name for the rule; generated if absent")
+    priority: int = Field(default=100, ge=ACL_PRIORITY_MIN, le=ACL_PRIORITY_MAX)
+    src: AclSelectorBody | None = None
+    dst: AclSelectorBody | None = None
+    protocol: AclProtocol = AclProtocol.ANY
+    ports: str | None = Field(default=None, description="destination port or range, tcp/udp")
+    action: SteeringAction
+    dscp: int | None = Field(default=None, ge=0, le=63)
+    mirror_container: str | None = Field(default=None, min_length=1, max_length=255)
+    mirror_host: Name | None = None
+    mirror_port: PortName | None = None
+    description: str = Field(default="", max_length=255)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SteeringCreate:
+        if self.ports is not None:
+            if self.protocol not in (AclProtocol.TCP, AclProtocol.UDP):
+                raise ValueError(
+                    f"ports: only tcp and udp rules have ports (protocol is {self.protocol})"
+                )
+            _port_range(self.ports)
+        mirror = (self.mirror_container, self.mirror_host, self.mirror_port)
+        if self.action is SteeringAction.DSCP and self.dscp is None:
+            raise ValueError("dscp: a dscp rule needs the value to mark (0-63)")
+        if self.action is not SteeringAction.DSCP and self.dscp is not None:
+            raise ValueError(f"dscp: only a dscp rule marks (action is {self.action})")
+        if self.action is SteeringAction.MIRROR:
+            by_container = self.mirror_container is not None and self.mirror_host is None
+            by_port = self.mirror_container is None and None not in mirror[1:]
+            if by_container == by_port or (by_container and self.mirror_port is not None):
+                raise ValueError("mirror: give mirror_container, or mirror_host with mirror_port")
+        elif any(m is not None for m in mirror):
+            raise ValueError(f"mirror_*: only a mirror rule has a mirror (action is {self.action})")
         return self
 
     def port_range(self) -> tuple[int | None, int | None]:

@@ -158,6 +158,39 @@ def cmd_acl_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_steer_add(args: argparse.Namespace) -> int:
+    body: dict[str, object] = {
+        "action": args.action,
+        "priority": args.priority,
+        "protocol": args.protocol,
+        "description": args.description,
+    }
+    for key in ("id", "ports", "dscp", "mirror_container", "mirror_host", "mirror_port"):
+        value = getattr(args, key)
+        if value is not None:
+            body[key] = value
+    for side in ("src", "dst"):
+        selector = parse_selector(getattr(args, side))
+        if selector is not None:
+            body[side] = selector
+    rule = _send(args, "POST", "/steering", body=body)
+    assert isinstance(rule, dict)
+    print(f"steering rule {rule['id']} added")
+    return 0
+
+
+def cmd_steer_ls(args: argparse.Namespace) -> int:
+    data = _get(_controller_url(args) + "/v1/steering")
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+def cmd_steer_rm(args: argparse.Namespace) -> int:
+    _send(args, "DELETE", f"/steering/{args.id}")
+    print(f"steering rule {args.id} removed")
+    return 0
+
+
 def cmd_acl_rm(args: argparse.Namespace) -> int:
     _send(args, "DELETE", f"/acls/{args.id}")
     print(f"ACL rule {args.id} removed")
@@ -303,6 +336,33 @@ def build_parser() -> argparse.ArgumentParser:
     rm_acl.add_argument("--token-file", type=Path, default=DEFAULT_STATE_DIR / "token")
     rm_acl.add_argument("id")
     rm_acl.set_defaults(func=cmd_acl_rm)
+
+    steer = sub.add_parser("steer", help="traffic steering: drop, dscp, mirror (add, ls, rm)")
+    ssub = steer.add_subparsers(dest="steer_command", required=True)
+    sadd = ssub.add_parser("add", help="add a rule; returns once every bridge holds it")
+    _add_controller_arg(sadd)
+    sadd.add_argument("--token-file", type=Path, default=DEFAULT_STATE_DIR / "token")
+    sadd.add_argument("--id", help="the rule's name (default: steer-N)")
+    sadd.add_argument("--priority", type=int, default=100, help="1-4000, higher first; unique")
+    sadd.add_argument("--src", metavar="KIND=VALUE", help="cidr=, network=, container=, label=K=V")
+    sadd.add_argument("--dst", metavar="KIND=VALUE", help="as --src")
+    sadd.add_argument("--protocol", choices=("any", "tcp", "udp", "icmp"), default="any")
+    sadd.add_argument("--ports", help="destination port or range (tcp/udp)")
+    sadd.add_argument("--action", choices=("drop", "dscp", "mirror"), required=True)
+    sadd.add_argument("--dscp", type=int, help="dscp: the value to mark, 0-63")
+    sadd.add_argument("--mirror-container", help="mirror: copies to this container")
+    sadd.add_argument("--mirror-host", help="mirror: copies to a port of this host's bridge")
+    sadd.add_argument("--mirror-port", help="mirror: that port's name")
+    sadd.add_argument("--description", default="")
+    sadd.set_defaults(func=cmd_steer_add)
+    sls = ssub.add_parser("ls", help="the rules, highest priority first")
+    _add_controller_arg(sls)
+    sls.set_defaults(func=cmd_steer_ls)
+    srm = ssub.add_parser("rm", help="remove a rule")
+    _add_controller_arg(srm)
+    srm.add_argument("--token-file", type=Path, default=DEFAULT_STATE_DIR / "token")
+    srm.add_argument("id")
+    srm.set_defaults(func=cmd_steer_rm)
 
     fl = sub.add_parser("flows", help="the flows of a host's bridge")
     _add_controller_arg(fl)

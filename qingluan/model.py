@@ -195,3 +195,30 @@ class AclRule(Frozen):
     action: AclAction
     stateful: bool = True
     description: str = ""
+
+
+class SteeringAction(StrEnum):
+    DROP = "drop"
+    DSCP = "dscp"
+    MIRROR = "mirror"
+
+
+class SteeringRule(Frozen):
+    """Traffic steering: for IPv4 matching ``src``/``dst``/protocol/ports (anywhere in
+    the cluster, on whichever host it passes), drop it, mark its DSCP, or copy it to
+    a mirror: a container (``mirror_container``, on its host) or a port of one host's
+    bridge (``mirror_host`` + ``mirror_port``). Higher ``priority`` wins (unique)."""
+
+    id: str
+    priority: int
+    src: AclSelector | None = None
+    dst: AclSelector | None = None
+    protocol: AclProtocol = AclProtocol.ANY
+    port_min: int | None = None
+    port_max: int | None = None
+    action: SteeringAction
+    dscp: int | None = None
+    mirror_container: str | None = None
+    mirror_host: str | None = None
+    mirror_port: str | None = None
+    description: str = ""

@@ -42,11 +42,12 @@ from qingluan.api_schema import (
     PoolRequest,
     ReconcileResult,
     Status,
+    SteeringCreate,
 )
 from qingluan.controller.auth import bearer_token, token_matches
 from qingluan.controller.services import Services
 from qingluan.errors import QingluanError, Unauthorized
-from qingluan.model import AclRule, Endpoint, Network, Pool
+from qingluan.model import AclRule, Endpoint, Network, Pool, SteeringRule
 
 log = logging.getLogger(__name__)
 
@@ -472,6 +473,28 @@ def create_app(services: Services, token: str) -> FastAPI:
     def delete_acl(rule_id: Name) -> Response:
         """Remove a rule (unknown: 204); returns once every connected bridge lost it."""
         services.delete_acl(rule_id)
+        return Response(status_code=204)
+
+    # ---- steering ----
+
+    @router.post(
+        "/steering",
+        status_code=201,
+        response_model=SteeringRule,
+        dependencies=auth,
+        tags=["steering"],
+    )
+    def create_steering(body: SteeringCreate) -> SteeringRule:
+        """Add a steering rule (drop, dscp, mirror); returns once every bridge holds it."""
+        return services.create_steering(body)
+
+    @router.get("/steering", response_model=list[SteeringRule], tags=["steering"])
+    def list_steering() -> list[SteeringRule]:
+        return services.list_steering()
+
+    @router.delete("/steering/{rule_id}", status_code=204, dependencies=auth, tags=["steering"])
+    def delete_steering(rule_id: Name) -> Response:
+        services.delete_steering(rule_id)
         return Response(status_code=204)
 
     app.include_router(router)

@@ -40,6 +40,7 @@ from qingluan.api_schema import (
     PoolRequest,
     ReconcileResult,
     Status,
+    SteeringCreate,
 )
 from qingluan.controller import ipam
 from qingluan.controller.config import (
@@ -61,6 +62,7 @@ from qingluan.model import (
     Network,
     NetworkModel,
     Pool,
+    SteeringRule,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ ALLOCATIONS = "allocations/"
 NETWORKS = "networks/"
 ENDPOINTS = "endpoints/"
 ACLS = "acls/"
+STEERING = "steering/"
 
 DEFAULT_MTU = 1500
 # A VXLAN header costs 50 bytes of a 1500-byte underlay; the driver, which
@@ -198,11 +201,12 @@ class StoreState:
     def policy(self) -> Policy:
         with self._store.transaction() as tx:
             rules = _all(tx, ACLS, AclRule)
-            if not rules:
+            steering = _all(tx, STEERING, SteeringRule)
+            if not rules and not steering:
                 return Policy()
             networks = _all(tx, NETWORKS, Network)
             endpoints = _all(tx, ENDPOINTS, Endpoint)
-        return Policy(tuple(rules), tuple(networks), tuple(endpoints))
+        return Policy(tuple(rules), tuple(networks), tuple(endpoints), tuple(steering))
 
     def peers(self, host: str) -> list[Peer]:
         with self._store.transaction() as tx:
@@ -694,7 +698,7 @@ class Services(StoreState):
                 self._converge_soon(other.name)
 
     def _acls_exist(self) -> bool:
-        return bool(self._store.scan(ACLS))
+        return bool(self._store.scan(ACLS)) or bool(self._store.scan(STEERING))
 
     def create_acl(self, body: AclCreate) -> AclRule:
         """Store one rule, then converge every bridge; refused before anything changes."""
@@ -702,7 +706,7 @@ class Services(StoreState):
             rules = _all(tx, ACLS, AclRule)
             networks = _all(tx, NETWORKS, Network)
             endpoints = _all(tx, ENDPOINTS, Endpoint)
-            rule_id = body.id or _next_acl_id(r.id for r in rules)
+            rule_id = body.id or _next_id("acl", (r.id for r in rules))
             if any(r.id == rule_id for r in rules):
                 raise Conflict(f"ACL rule {rule_id} already exists")
             taken = next((r for r in rules if r.priority == body.priority), None)
@@ -771,6 +775,75 @@ class Services(StoreState):
             tx.delete(acl_key(rule_id))
         self._converge_all_confirmed()
 
+    # ---- steering --------------------------------------------------------------
+
+    def create_steering(self, body: SteeringCreate) -> SteeringRule:
+        """Store one steering rule, then converge every bridge; refused before anything
+        changes (unknown container, network or host, a taken priority or id)."""
+        with self._store.transaction() as tx:
+            rules = _all(tx, STEERING, SteeringRule)
+            networks = _all(tx, NETWORKS, Network)
+            endpoints = _all(tx, ENDPOINTS, Endpoint)
+            rule_id = body.id or _next_id("steer", (r.id for r in rules))
+            if any(r.id == rule_id for r in rules):
+                raise Conflict(f"steering rule {rule_id} already exists")
+            taken = next((r for r in rules if r.priority == body.priority), None)
+            if taken is not None:
+                raise Conflict(
+                    f"priority {body.priority} is already steering rule {taken.id}: every "
+                    "rule has its own priority"
+                )
+            selectors = {}
+            for side in ("src", "dst"):
+                given = getattr(body, side)
+                if given is not None:
+                    selector = AclSelector(**given.model_dump())
+                    _check_selector(side, selector, networks, endpoints)
+                    selectors[side] = selector
+            if body.mirror_container is not None and not any(
+                e.container_name == body.mirror_container for e in endpoints
+            ):
+                raise InvalidRequest(
+                    f"mirror_container: unknown container {body.mirror_container!r}"
+                )
+            if body.mirror_host is not None and _load(tx, host_key(body.mirror_host), Host) is None:
+                raise InvalidRequest(f"mirror_host: unknown host {body.mirror_host!r}")
+            low, high = body.port_range()
+            rule = SteeringRule(
+                id=rule_id,
+                priority=body.priority,
+                src=selectors.get("src"),
+                dst=selectors.get("dst"),
+                protocol=body.protocol,
+                port_min=low,
+                port_max=high,
+                action=body.action,
+                dscp=body.dscp,
+                mirror_container=body.mirror_container,
+                mirror_host=body.mirror_host,
+                mirror_port=body.mirror_port,
+                description=body.description,
+            )
+            tx.put(STEERING + rule_id, rule)
+        try:
+            self._converge_all_confirmed()
+        except Exception:
+            with self._store.transaction() as tx:
+                tx.delete(STEERING + rule_id)
+            self._converge_all()
+            raise
+        return rule
+
+    def list_steering(self) -> list[SteeringRule]:
+        return sorted(_all(self._store, STEERING, SteeringRule), key=lambda r: -r.priority)
+
+    def delete_steering(self, rule_id: str) -> None:
+        with self._store.transaction() as tx:
+            if _load(tx, STEERING + rule_id, SteeringRule) is None:
+                return
+            tx.delete(STEERING + rule_id)
+        self._converge_all_confirmed()
+
     # ---- status --------------------------------------------------------------
 
     def status(self) -> Status:
@@ -805,12 +878,12 @@ def _same_endpoint(existing: Endpoint, new: Endpoint) -> bool:
     return existing.model_copy(update=mutable) == new.model_copy(update=mutable)
 
 
-def _next_acl_id(taken: Iterable[str]) -> str:
+def _next_id(prefix: str, taken: Iterable[str]) -> str:
     used = set(taken)
     n = 1
-    while f"acl-{n}" in used:
+    while f"{prefix}-{n}" in used:
         n += 1
-    return f"acl-{n}"
+    return f"{prefix}-{n}"
 
 
 def _check_selector(

@@ -9,6 +9,8 @@ test the bridges hold exactly the flows they held before it.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -241,3 +243,97 @@ def test_bad_rules_are_refused_and_change_nothing(
     err = clean.acl_fails("add", "--direction", "ingress", "--action", "deny", *args)
     assert message in err
     assert clean.stack.get("/v1/acls") == []
+
+
+# ---- steering: drop, dscp, mirror -------------------------------------------------------
+
+_TOS = """
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind(("eth0", 0))
+s.settimeout(0.5)
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+seen = set()
+while time.monotonic() < end:
+    try:
+        frame = s.recv(2048)
+    except OSError:
+        continue
+    if frame[23] == 1:  # ICMP: note the TOS byte
+        seen.add(frame[15])
+print(" ".join(str(t) for t in sorted(seen)), flush=True)
+"""
+
+
+def steer(rig: Rig, *args: str) -> str:
+    done = cli(rig.stack, "steer", *args, "--token-file", str(rig.stack.token_file))
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture
+def steering(clean: Rig) -> Iterator[Rig]:
+    try:
+        yield clean
+    finally:
+        for rule in clean.stack.get("/v1/steering"):
+            steer(clean, "rm", rule["id"])
+
+
+def rx_packets(host: SimHost, container: str) -> int:
+    return int(host.docker("exec", container, "cat", "/sys/class/net/eth0/statistics/rx_packets"))
+
+
+def test_steering_drop_stops_matching_traffic_only(steering: Rig) -> None:
+    h1 = steering.host("h1")
+    steer(steering, "add", "--dst", "container=db", "--protocol", "tcp", "--ports", "7000",
+          "--action", "drop", "--priority", "10")  # fmt: skip
+    assert not connects(h1, "web", steering.ips["db"])
+    assert pings(h1, "web", steering.ips["db"])
+
+
+def test_steering_marks_dscp_seen_by_the_receiver(steering: Rig) -> None:
+    h1, h2 = steering.host("h1"), steering.host("h2")
+    steer(steering, "add", "--src", "container=web", "--protocol", "icmp", "--action", "dscp",
+          "--dscp", "46", "--priority", "11")  # fmt: skip
+    pid = h2.docker("inspect", "-f", "{{.State.Pid}}", "db").strip()
+    sniff = subprocess.Popen(
+        ["ip", "netns", "exec", h2.netns.name, "nsenter", "-t", pid, "-n",
+         sys.executable, "-c", _TOS, "4"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert sniff.stdout is not None and sniff.stdout.readline().strip() == "ready"
+        assert pings(h1, "web", steering.ips["db"], count=2)
+        assert pings(h1, "cli", steering.ips["db"], count=2)
+        out, _ = sniff.communicate(timeout=15)
+    finally:
+        sniff.kill()
+        sniff.wait(10)
+    tos = {int(t) for t in out.split()}
+    assert 46 << 2 in tos  # web's echo requests, marked EF
+    assert 0 in tos  # cli's, not marked
+
+
+def test_steering_mirrors_a_containers_traffic_to_a_monitor(steering: Rig) -> None:
+    h1, h2 = steering.host("h1"), steering.host("h2")
+    h2.docker("run", "-d", "--name", "mon", "--network", "vx", "qingluan/busybox", "sleep", "600")
+    try:
+        wait_until(
+            lambda: any(e["container_name"] == "mon" for e in steering.stack.get("/v1/endpoints")),
+            20,
+            "mon's name at the controller",
+        )
+        steer(steering, "add", "--dst", "container=db", "--action", "mirror",
+              "--mirror-container", "mon", "--priority", "12")  # fmt: skip
+        before = rx_packets(h2, "mon")
+        assert pings(h1, "web", steering.ips["db"], count=10)
+        copies = rx_packets(h2, "mon") - before
+        assert copies >= 10  # every echo request to db, copied on db's host
+        assert pings(h1, "web", steering.ips["cli"], count=5)
+        assert rx_packets(h2, "mon") - before - copies < 5  # not traffic to others
+    finally:
+        for rule in steering.stack.get("/v1/steering"):
+            steer(steering, "rm", rule["id"])
+        h2.docker("rm", "-f", "mon")

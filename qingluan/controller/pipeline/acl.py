@@ -51,6 +51,7 @@ from qingluan.model import (
     AclSelector,
     Endpoint,
     Network,
+    SteeringRule,
 )
 
 ETH_TYPE_IPV4 = 0x0800
@@ -81,6 +82,7 @@ class Policy:
     rules: tuple[AclRule, ...] = ()
     networks: tuple[Network, ...] = ()  # every host's
     endpoints: tuple[Endpoint, ...] = ()  # every host's
+    steering: tuple[SteeringRule, ...] = ()
 
 
 # ---- resolving selectors ----------------------------------------------------------------
@@ -156,9 +158,9 @@ def _port_value(mask: tuple[int, int]) -> MatchValue:
     return mask[0] if mask[1] == 0xFFFF else mask
 
 
-def conjunction_id(rule: AclRule) -> int:
+def conjunction_id(owner: str) -> int:
     """A conjunction id of the rule's own (stable while other rules change)."""
-    return zlib.crc32(rule.id.encode()) or 1
+    return zlib.crc32(owner.encode()) or 1
 
 
 def rule_flows(
@@ -188,29 +190,58 @@ def rule_flows(
     if peers is not None and not peers:
         return []  # the peer side names nobody (yet): the rule matches nothing
     mine, theirs = ("ipv4_src", "ipv4_dst") if egress else ("ipv4_dst", "ipv4_src")
-    base: dict[str, MatchValue] = {"eth_type": ETH_TYPE_IPV4}
-    if rule.protocol is not AclProtocol.ANY:
-        base["ip_proto"] = IP_PROTO[rule.protocol]
-    if rule.icmp_type is not None:
-        base["icmpv4_type"] = rule.icmp_type
-    clauses: list[list[tuple[str, MatchValue]]] = [[(mine, a) for a in chosen]]
+    base = l4_base(rule.protocol, rule.icmp_type)
+    clauses: list[Clause] = [[(mine, a) for a in chosen]]
     if peers is not None:
         clauses.append([(theirs, p) for p in peers])
-    if rule.port_min is not None and rule.port_max is not None:
-        field = "tcp_dst" if rule.protocol is AclProtocol.TCP else "udp_dst"
-        clauses.append([(field, _port_value(m)) for m in port_masks(rule.port_min, rule.port_max)])
-    final = dict(base)
+    ports = port_clause(rule.protocol, rule.port_min, rule.port_max)
+    if ports is not None:
+        clauses.append(ports)
+    if rule.stateful:
+        base_final: dict[str, MatchValue] = {"ct_state": NEW}
+        priority = STATEFUL_BASE + rule.priority
+    else:
+        base_final = {}
+        priority = STATELESS_BASE + rule.priority
+    table = int(Table.ACL_EGRESS if egress else Table.ACL_INGRESS)
+    actions, goto = _verdict(rule, egress)
+    return conjunctive(
+        table,
+        priority,
+        base,
+        clauses,
+        actions,
+        goto=goto,
+        extra=base_final,
+        owner=cookie(CookieKind.ACL, rule.id),
+        conj_id=conjunction_id(rule.id),
+    )
+
+
+Clause = list[tuple[str, MatchValue]]
+
+
+def conjunctive(
+    table: int,
+    priority: int,
+    base: dict[str, MatchValue],
+    clauses: Sequence[Clause],
+    actions: tuple[Action, ...],
+    *,
+    goto: int | None,
+    owner: int,
+    conj_id: int,
+    extra: dict[str, MatchValue] | None = None,
+) -> list[Flow]:
+    """Flows that act on ``base`` plus one alternative of every clause.
+
+    A clause of one alternative joins the match; one clause of several becomes a
+    flow per alternative; several such clauses become a conjunctive match (one flow
+    per alternative plus the ``conj_id`` flow that acts, with ``extra`` on it)."""
+    final = {**base, **(extra or {})}
     for clause in [c for c in clauses if len(c) == 1]:
         final.update(clause)
     sets = [c for c in clauses if len(c) > 1]
-    if rule.stateful:
-        final["ct_state"] = NEW
-        priority = STATEFUL_BASE + rule.priority
-    else:
-        priority = STATELESS_BASE + rule.priority
-    table = int(Table.ACL_EGRESS if egress else Table.ACL_INGRESS)
-    owner = cookie(CookieKind.ACL, rule.id)
-    actions, goto = _verdict(rule, egress)
     if not sets:
         return [Flow.make(table, priority, final, actions, goto=goto, cookie=owner)]
     if len(sets) == 1:
@@ -218,7 +249,6 @@ def rule_flows(
             Flow.make(table, priority, {**final, name: value}, actions, goto=goto, cookie=owner)
             for name, value in sets[0]
         ]
-    conj_id = conjunction_id(rule)
     flows = [
         Flow.make(
             table,
@@ -234,6 +264,22 @@ def rule_flows(
         Flow.make(table, priority, {**final, "conj_id": conj_id}, actions, goto=goto, cookie=owner)
     )
     return flows
+
+
+def l4_base(protocol: AclProtocol, icmp_type: int | None) -> dict[str, MatchValue]:
+    base: dict[str, MatchValue] = {"eth_type": ETH_TYPE_IPV4}
+    if protocol is not AclProtocol.ANY:
+        base["ip_proto"] = IP_PROTO[protocol]
+    if icmp_type is not None:
+        base["icmpv4_type"] = icmp_type
+    return base
+
+
+def port_clause(protocol: AclProtocol, low: int | None, high: int | None) -> Clause | None:
+    if low is None or high is None:
+        return None
+    field = "tcp_dst" if protocol is AclProtocol.TCP else "udp_dst"
+    return [(field, _port_value(m)) for m in port_masks(low, high)]
 
 
 def _verdict(rule: AclRule, egress: bool) -> tuple[tuple[Action, ...], int | None]:

@@ -43,6 +43,7 @@ from qingluan.controller.pipeline.flow import (
     SetField,
     cookie,
 )
+from qingluan.controller.pipeline.steering import steering_flows
 from qingluan.controller.pipeline.tables import (
     PASS_THROUGH_PRIORITY,
     PIPELINE,
@@ -616,4 +617,7 @@ def compute_bridge(
         n.options.get(ACL_DEFAULT_OPTION) for n in networks
     ):
         out.add_flows(acl_flows(networks, endpoints, policy or Policy()), "the ACL rules")
+    if policy is not None and policy.steering and networks:
+        host = networks[0].host
+        out.add_flows(steering_flows(host, endpoints, ports, policy), "the steering rules")
     return out.state()

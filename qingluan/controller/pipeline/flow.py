@@ -43,6 +43,7 @@ class CookieKind(IntEnum):
     NETWORK = 0x02  # per network: gateway port, flooding, ARP for the gateway
     ENDPOINT = 0x03  # per endpoint: port security, forwarding, ARP
     ACL = 0x04  # per ACL rule
+    STEERING = 0x05  # per steering rule
 
 
 COOKIE_KIND_SHIFT = 56

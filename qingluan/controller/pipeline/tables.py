@@ -87,8 +87,8 @@ PIPELINE: dict[Table, TableSpec] = {
         ),
         TableSpec(
             Table.STEERING,
-            "traffic steering: redirect, meter, DSCP (reserved)",
-            frozenset({"metadata", "eth_src", "eth_dst"}) | _L3,
+            "traffic steering: drop, DSCP marking, mirroring to a port of this bridge",
+            frozenset({"metadata", "eth_src", "eth_dst", "conj_id"}) | _L3,
             Table.ARP,
         ),
         TableSpec(

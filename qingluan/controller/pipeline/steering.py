@@ -1,0 +1,96 @@
+"""Steering rules compiled into table STEERING: drop, DSCP marking, mirroring. Pure.
+
+A rule matches IPv4 by source and destination (the ACL selectors, resolved
+against the whole cluster: a network selector is its subnet), protocol and
+destination ports, on every bridge the traffic passes; sets that meet sets are
+conjunctive matches. Its OpenFlow priority is its own (1-4000, unique). A
+mirror copies to a port of this bridge only (the target container's port on its
+host, or the named port of the named host); the copy keeps the original
+addresses and the packet goes on unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from qingluan.controller.pipeline.acl import (
+    Clause,
+    Policy,
+    conjunction_id,
+    conjunctive,
+    l4_base,
+    peer_addresses,
+    port_clause,
+)
+from qingluan.controller.pipeline.flow import Action, CookieKind, Flow, Output, SetField, cookie
+from qingluan.controller.pipeline.tables import Table
+from qingluan.model import Endpoint, SteeringAction, SteeringRule
+
+STEERING_BASE = 100  # table STEERING: a rule's priority is this plus its own
+
+
+def mirror_port(
+    rule: SteeringRule, host: str, local: Sequence[Endpoint], ports: Mapping[str, int]
+) -> int | None:
+    """The OpenFlow port of ``host``'s bridge that gets the copies, if it is here."""
+    if rule.mirror_container is not None:
+        for endpoint in local:
+            if endpoint.container_name == rule.mirror_container:
+                return ports.get(endpoint.port_name)
+        return None
+    if rule.mirror_host == host and rule.mirror_port is not None:
+        return ports.get(rule.mirror_port)
+    return None
+
+
+def rule_flows(
+    rule: SteeringRule,
+    host: str,
+    local: Sequence[Endpoint],
+    ports: Mapping[str, int],
+    policy: Policy,
+) -> list[Flow]:
+    """The flows of one steering rule on ``host``'s bridge."""
+    actions: tuple[Action, ...] = ()
+    goto: int | None = int(Table.ARP)
+    if rule.action is SteeringAction.DROP:
+        goto = None
+    elif rule.action is SteeringAction.DSCP:
+        if rule.dscp is None:
+            raise ValueError(f"steering rule {rule.id}: dscp without a value")
+        actions = (SetField("ip_dscp", rule.dscp),)
+    else:
+        port = mirror_port(rule, host, local, ports)
+        if port is None:
+            return []
+        actions = (Output(port),)
+    clauses: list[Clause] = []
+    for name, selector in (("ipv4_src", rule.src), ("ipv4_dst", rule.dst)):
+        found = peer_addresses(selector, policy)
+        if found is None:
+            continue
+        if not found:
+            return []  # that side names nobody (yet)
+        clauses.append([(name, value) for value in found])
+    ports_clause = port_clause(rule.protocol, rule.port_min, rule.port_max)
+    if ports_clause is not None:
+        clauses.append(ports_clause)
+    return conjunctive(
+        int(Table.STEERING),
+        STEERING_BASE + rule.priority,
+        l4_base(rule.protocol, None),
+        clauses,
+        actions,
+        goto=goto,
+        owner=cookie(CookieKind.STEERING, rule.id),
+        conj_id=conjunction_id("steering:" + rule.id),
+    )
+
+
+def steering_flows(
+    host: str, local: Sequence[Endpoint], ports: Mapping[str, int], policy: Policy
+) -> list[Flow]:
+    flows: list[Flow] = []
+    for rule in sorted(policy.steering, key=lambda r: -r.priority):
+        flows.extend(rule_flows(rule, host, local, ports, policy))
+    return flows
