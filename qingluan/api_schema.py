@@ -24,6 +24,7 @@ from qingluan.model import (
     NetworkModel,
     Pool,
     PortMapping,
+    RawFlowAction,
     SteeringAction,
 )
 
@@ -356,3 +357,26 @@ class SteeringCreate(Body):
         if self.ports is None:
             return None, None
         return _port_range(self.ports)
+
+
+class RawFlowCreate(Body):
+    """``POST /v1/rawflows``: one expert flow in table EXPERT (see ``qingluan.model.RawFlow``)."""
+
+    id: Name | None = None
+    host: Name | None = None
+    priority: int = Field(default=100, ge=1, le=60_000)
+    match: dict[str, int | str] = Field(default_factory=dict)
+    action: RawFlowAction
+    set_dscp: int | None = Field(default=None, ge=0, le=63)
+    description: str = Field(default="", max_length=255)
+
+    @model_validator(mode="after")
+    def _valid(self) -> RawFlowCreate:
+        from qingluan.controller.pipeline.raw import parse_match
+
+        parse_match(self.match)
+        if self.set_dscp is not None and self.action is not RawFlowAction.CONTINUE:
+            raise ValueError("set_dscp: only a flow that continues can mark")
+        if self.set_dscp is not None and self.match.get("eth_type", 0x0800) != 0x0800:
+            raise ValueError("set_dscp: only IPv4 can be marked")
+        return self

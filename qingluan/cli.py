@@ -191,6 +191,43 @@ def cmd_steer_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_raw_add(args: argparse.Namespace) -> int:
+    match: dict[str, object] = {}
+    for item in args.match:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"qingluan: --match {item!r}: write FIELD=VALUE")
+        try:
+            match[name] = int(value, 0)
+        except ValueError:
+            match[name] = value  # MACs, addresses
+    body: dict[str, object] = {
+        "priority": args.priority,
+        "match": match,
+        "action": args.action,
+        "description": args.description,
+    }
+    for key in ("id", "host", "set_dscp"):
+        value = getattr(args, key)
+        if value is not None:
+            body[key] = value
+    flow = _send(args, "POST", "/rawflows", body=body)
+    assert isinstance(flow, dict)
+    print(f"raw flow {flow['id']} added")
+    return 0
+
+
+def cmd_raw_ls(args: argparse.Namespace) -> int:
+    print(json.dumps(_get(_controller_url(args) + "/v1/rawflows"), indent=2))
+    return 0
+
+
+def cmd_raw_rm(args: argparse.Namespace) -> int:
+    _send(args, "DELETE", f"/rawflows/{args.id}")
+    print(f"raw flow {args.id} removed")
+    return 0
+
+
 def cmd_acl_rm(args: argparse.Namespace) -> int:
     _send(args, "DELETE", f"/acls/{args.id}")
     print(f"ACL rule {args.id} removed")
@@ -363,6 +400,29 @@ def build_parser() -> argparse.ArgumentParser:
     srm.add_argument("--token-file", type=Path, default=DEFAULT_STATE_DIR / "token")
     srm.add_argument("id")
     srm.set_defaults(func=cmd_steer_rm)
+
+    raw = sub.add_parser("rawflow", help="experts' flows in the reserved table (add, ls, rm)")
+    rsub = raw.add_subparsers(dest="raw_command", required=True)
+    radd = rsub.add_parser("add", help="add a flow; returns once the bridges hold it")
+    _add_controller_arg(radd)
+    radd.add_argument("--token-file", type=Path, default=DEFAULT_STATE_DIR / "token")
+    radd.add_argument("--id")
+    radd.add_argument("--host", help="only this host's bridge (default: every)")
+    radd.add_argument("--priority", type=int, default=100, help="1-60000")
+    radd.add_argument("--match", action="append", default=[], metavar="FIELD=VALUE",
+                      help="e.g. ipv4_dst=10.128.0.0/24, tcp_dst=22 (repeatable)")  # fmt: skip
+    radd.add_argument("--action", choices=("drop", "continue"), required=True)
+    radd.add_argument("--set-dscp", type=int, help="continue with this DSCP (0-63)")
+    radd.add_argument("--description", default="")
+    radd.set_defaults(func=cmd_raw_add)
+    rls = rsub.add_parser("ls", help="the raw flows")
+    _add_controller_arg(rls)
+    rls.set_defaults(func=cmd_raw_ls)
+    rrm = rsub.add_parser("rm", help="remove a raw flow")
+    _add_controller_arg(rrm)
+    rrm.add_argument("--token-file", type=Path, default=DEFAULT_STATE_DIR / "token")
+    rrm.add_argument("id")
+    rrm.set_defaults(func=cmd_raw_rm)
 
     fl = sub.add_parser("flows", help="the flows of a host's bridge")
     _add_controller_arg(fl)

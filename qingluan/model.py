@@ -222,3 +222,22 @@ class SteeringRule(Frozen):
     mirror_host: str | None = None
     mirror_port: str | None = None
     description: str = ""
+
+
+class RawFlowAction(StrEnum):
+    DROP = "drop"
+    CONTINUE = "continue"  # on to the rest of the pipeline (ARP, L2)
+
+
+class RawFlow(Frozen):
+    """An expert's flow in the reserved table EXPERT (between steering and ARP): a match
+    on packet fields only, and drop or continue (optionally marking DSCP). It can stop
+    traffic or mark it, never send it anywhere the pipeline would not."""
+
+    id: str
+    host: str | None = Field(default=None, description="only this host's bridge; None: every")
+    priority: int
+    match: dict[str, int | str] = Field(default_factory=dict)
+    action: RawFlowAction
+    set_dscp: int | None = None
+    description: str = ""

@@ -40,6 +40,7 @@ from qingluan.api_schema import (
     NetworkUpdate,
     PoolReply,
     PoolRequest,
+    RawFlowCreate,
     ReconcileResult,
     Status,
     SteeringCreate,
@@ -47,7 +48,7 @@ from qingluan.api_schema import (
 from qingluan.controller.auth import bearer_token, token_matches
 from qingluan.controller.services import Services
 from qingluan.errors import QingluanError, Unauthorized
-from qingluan.model import AclRule, Endpoint, Network, Pool, SteeringRule
+from qingluan.model import AclRule, Endpoint, Network, Pool, RawFlow, SteeringRule
 
 log = logging.getLogger(__name__)
 
@@ -495,6 +496,24 @@ def create_app(services: Services, token: str) -> FastAPI:
     @router.delete("/steering/{rule_id}", status_code=204, dependencies=auth, tags=["steering"])
     def delete_steering(rule_id: Name) -> Response:
         services.delete_steering(rule_id)
+        return Response(status_code=204)
+
+    # ---- raw flows ----
+
+    @router.post(
+        "/rawflows", status_code=201, response_model=RawFlow, dependencies=auth, tags=["rawflows"]
+    )
+    def create_raw_flow(body: RawFlowCreate) -> RawFlow:
+        """An expert's flow in table EXPERT (drop, or continue maybe marking DSCP)."""
+        return services.create_raw_flow(body)
+
+    @router.get("/rawflows", response_model=list[RawFlow], tags=["rawflows"])
+    def list_raw_flows() -> list[RawFlow]:
+        return services.list_raw_flows()
+
+    @router.delete("/rawflows/{flow_id}", status_code=204, dependencies=auth, tags=["rawflows"])
+    def delete_raw_flow(flow_id: Name) -> Response:
+        services.delete_raw_flow(flow_id)
         return Response(status_code=204)
 
     app.include_router(router)

@@ -38,6 +38,7 @@ from qingluan.api_schema import (
     NetworkUpdate,
     PoolReply,
     PoolRequest,
+    RawFlowCreate,
     ReconcileResult,
     Status,
     SteeringCreate,
@@ -62,6 +63,7 @@ from qingluan.model import (
     Network,
     NetworkModel,
     Pool,
+    RawFlow,
     SteeringRule,
 )
 
@@ -74,6 +76,7 @@ NETWORKS = "networks/"
 ENDPOINTS = "endpoints/"
 ACLS = "acls/"
 STEERING = "steering/"
+RAWFLOWS = "rawflows/"
 
 DEFAULT_MTU = 1500
 # A VXLAN header costs 50 bytes of a 1500-byte underlay; the driver, which
@@ -202,11 +205,12 @@ class StoreState:
         with self._store.transaction() as tx:
             rules = _all(tx, ACLS, AclRule)
             steering = _all(tx, STEERING, SteeringRule)
-            if not rules and not steering:
+            raw = _all(tx, RAWFLOWS, RawFlow)
+            if not rules and not steering and not raw:
                 return Policy()
             networks = _all(tx, NETWORKS, Network)
             endpoints = _all(tx, ENDPOINTS, Endpoint)
-        return Policy(tuple(rules), tuple(networks), tuple(endpoints), tuple(steering))
+        return Policy(tuple(rules), tuple(networks), tuple(endpoints), tuple(steering), tuple(raw))
 
     def peers(self, host: str) -> list[Peer]:
         with self._store.transaction() as tx:
@@ -842,6 +846,58 @@ class Services(StoreState):
             if _load(tx, STEERING + rule_id, SteeringRule) is None:
                 return
             tx.delete(STEERING + rule_id)
+        self._converge_all_confirmed()
+
+    # ---- raw flows -------------------------------------------------------------
+
+    def create_raw_flow(self, body: RawFlowCreate) -> RawFlow:
+        """Store one expert flow, then converge the bridges it is for."""
+        with self._store.transaction() as tx:
+            flows = _all(tx, RAWFLOWS, RawFlow)
+            flow_id = body.id or _next_id("raw", (f.id for f in flows))
+            if any(f.id == flow_id for f in flows):
+                raise Conflict(f"raw flow {flow_id} already exists")
+            if body.host is not None and _load(tx, host_key(body.host), Host) is None:
+                raise InvalidRequest(f"host: unknown host {body.host!r}")
+            clash = next(
+                (
+                    f
+                    for f in flows
+                    if f.priority == body.priority
+                    and f.match == body.match
+                    and (f.host is None or body.host is None or f.host == body.host)
+                ),
+                None,
+            )
+            if clash is not None:
+                raise Conflict(f"raw flow {clash.id} has the same priority and match")
+            flow = RawFlow(
+                id=flow_id,
+                host=body.host,
+                priority=body.priority,
+                match=dict(body.match),
+                action=body.action,
+                set_dscp=body.set_dscp,
+                description=body.description,
+            )
+            tx.put(RAWFLOWS + flow_id, flow)
+        try:
+            self._converge_all_confirmed()
+        except Exception:
+            with self._store.transaction() as tx:
+                tx.delete(RAWFLOWS + flow_id)
+            self._converge_all()
+            raise
+        return flow
+
+    def list_raw_flows(self) -> list[RawFlow]:
+        return sorted(_all(self._store, RAWFLOWS, RawFlow), key=lambda f: (-f.priority, f.id))
+
+    def delete_raw_flow(self, flow_id: str) -> None:
+        with self._store.transaction() as tx:
+            if _load(tx, RAWFLOWS + flow_id, RawFlow) is None:
+                return
+            tx.delete(RAWFLOWS + flow_id)
         self._converge_all_confirmed()
 
     # ---- status --------------------------------------------------------------

@@ -337,3 +337,25 @@ def test_steering_mirrors_a_containers_traffic_to_a_monitor(steering: Rig) -> No
         for rule in steering.stack.get("/v1/steering"):
             steer(steering, "rm", rule["id"])
         h2.docker("rm", "-f", "mon")
+
+
+# ---- raw flows --------------------------------------------------------------------------
+
+
+def test_a_raw_flow_drops_in_its_table_and_goes_away_cleanly(clean: Rig) -> None:
+    h1 = clean.host("h1")
+    token = ("--token-file", str(clean.stack.token_file))
+    add = cli(clean.stack, "rawflow", "add", "--id", "no-7000", "--priority", "500",
+              "--match", f"ipv4_dst={clean.ips['db']}", "--match", "tcp_dst=7000",
+              "--action", "drop", *token)  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    try:
+        assert "table=35" in clean.host("h1").ofctl("dump-flows", "br-ql", "table=35")
+        assert not connects(h1, "web", clean.ips["db"])
+        assert pings(h1, "web", clean.ips["db"])
+        bad = cli(clean.stack, "rawflow", "add", "--match", "in_port=1", "--action", "drop",
+                  *token)  # fmt: skip
+        assert bad.returncode != 0 and "'in_port' is not a field a raw flow may match" in bad.stderr
+    finally:
+        assert cli(clean.stack, "rawflow", "rm", "no-7000", *token).returncode == 0
+    assert connects(h1, "web", clean.ips["db"])

@@ -457,7 +457,7 @@ def test_retries_until_docker_lists_the_network_and_its_containers(dockerd, ctl,
     wait_for(lambda: len(dockerd.requests) >= 2, "a retry after the 404")
     dockerd.add_network(NET, "named1", {EP: "web1"})  # EP2's Join not done yet
     wait_for(lambda: ("network", NET, "named1") in ctl.patches, "network name")
-    assert ("endpoint", EP, "web1") in ctl.patches
+    wait_for(lambda: ("endpoint", EP, "web1") in ctl.patches, "the first container")
     wait_for(lambda: len(dockerd.requests) >= 5, "more attempts")  # EP2 still missing
     assert ("endpoint", EP2, "db1") not in ctl.patches
     dockerd.add_network(NET, "named1", {EP: "web1", EP2: "db1"})

@@ -51,6 +51,7 @@ from qingluan.model import (
     AclSelector,
     Endpoint,
     Network,
+    RawFlow,
     SteeringRule,
 )
 
@@ -83,6 +84,7 @@ class Policy:
     networks: tuple[Network, ...] = ()  # every host's
     endpoints: tuple[Endpoint, ...] = ()  # every host's
     steering: tuple[SteeringRule, ...] = ()
+    raw: tuple[RawFlow, ...] = ()
 
 
 # ---- resolving selectors ----------------------------------------------------------------

@@ -43,6 +43,7 @@ from qingluan.controller.pipeline.flow import (
     SetField,
     cookie,
 )
+from qingluan.controller.pipeline.raw import raw_flows
 from qingluan.controller.pipeline.steering import steering_flows
 from qingluan.controller.pipeline.tables import (
     PASS_THROUGH_PRIORITY,
@@ -617,7 +618,9 @@ def compute_bridge(
         n.options.get(ACL_DEFAULT_OPTION) for n in networks
     ):
         out.add_flows(acl_flows(networks, endpoints, policy or Policy()), "the ACL rules")
-    if policy is not None and policy.steering and networks:
-        host = networks[0].host
+    host = networks[0].host if networks else None
+    if policy is not None and policy.steering and host is not None:
         out.add_flows(steering_flows(host, endpoints, ports, policy), "the steering rules")
+    if policy is not None and policy.raw and host is not None:
+        out.add_flows(raw_flows(host, policy.raw), "the raw flows")
     return out.state()

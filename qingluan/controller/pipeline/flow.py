@@ -44,6 +44,7 @@ class CookieKind(IntEnum):
     ENDPOINT = 0x03  # per endpoint: port security, forwarding, ARP
     ACL = 0x04  # per ACL rule
     STEERING = 0x05  # per steering rule
+    EXPERT = 0x06  # per raw flow
 
 
 COOKIE_KIND_SHIFT = 56

@@ -21,6 +21,7 @@ class Table(IntEnum):
     ACL_EGRESS = 21
     ACL_INGRESS = 22
     STEERING = 30
+    EXPERT = 35
     ARP = 40
     L2 = 50
 
@@ -36,6 +37,24 @@ class TableSpec:
 
 _L3 = frozenset({"eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "tcp_dst", "udp_dst"})
 _ACL = frozenset({"metadata", "ct_state", "conj_id", "icmpv4_type"}) | _L3
+# what a raw flow may match: packet fields, nothing of the pipeline's own state
+RAW_MATCHES = frozenset(
+    {
+        "eth_src",
+        "eth_dst",
+        "eth_type",
+        "ip_proto",
+        "ipv4_src",
+        "ipv4_dst",
+        "ip_dscp",
+        "tcp_src",
+        "tcp_dst",
+        "udp_src",
+        "udp_dst",
+        "icmpv4_type",
+        "icmpv4_code",
+    }
+)
 
 PIPELINE: dict[Table, TableSpec] = {
     t.table: t
@@ -89,6 +108,12 @@ PIPELINE: dict[Table, TableSpec] = {
             Table.STEERING,
             "traffic steering: drop, DSCP marking, mirroring to a port of this bridge",
             frozenset({"metadata", "eth_src", "eth_dst", "conj_id"}) | _L3,
+            Table.EXPERT,
+        ),
+        TableSpec(
+            Table.EXPERT,
+            "experts' raw flows (REST /v1/rawflows): drop, or continue (maybe DSCP-marked)",
+            RAW_MATCHES,
             Table.ARP,
         ),
         TableSpec(

@@ -1,0 +1,110 @@
+"""Steering and raw-flow rules: validation and compiled flows (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from qingluan.api_schema import RawFlowCreate, SteeringCreate
+from qingluan.controller.pipeline import Policy, compute_bridge
+from qingluan.controller.pipeline.flow import CookieKind, Output, SetField, cookie
+from qingluan.controller.pipeline.raw import parse_match
+from qingluan.controller.pipeline.tables import Table
+from qingluan.model import (
+    AclProtocol,
+    AclSelector,
+    RawFlow,
+    RawFlowAction,
+    SteeringAction,
+    SteeringRule,
+)
+from tests.unit.test_acl_compile import N1, ep
+
+
+def state(*, steering: tuple[SteeringRule, ...] = (), raw: tuple[RawFlow, ...] = ()):  # type: ignore[no-untyped-def]
+    a, b = ep(N1, 1, container_name="a"), ep(N1, 2, container_name="mon")
+    ports = {a.port_name: 2, b.port_name: 3}
+    policy = Policy((), (N1,), (a, b), steering, raw)
+    return compute_bridge([N1], [a, b], ports, policy=policy), a, b
+
+
+def test_a_mirror_copies_to_the_monitors_port_and_continues() -> None:
+    rule = SteeringRule(id="m", priority=5, dst=AclSelector(container="a"),
+                        action=SteeringAction.MIRROR, mirror_container="mon")  # fmt: skip
+    st, a, _ = state(steering=(rule,))
+    [flow] = [f for f in st.flows if f.cookie == cookie(CookieKind.STEERING, "m")]
+    assert flow.table == int(Table.STEERING) and flow.actions == (Output(3),)
+    assert flow.goto == int(Table.ARP) and flow.match_dict()["ipv4_dst"] == a.address
+
+
+def test_a_mirror_whose_monitor_is_elsewhere_makes_no_flow_here() -> None:
+    rule = SteeringRule(id="m", priority=5, action=SteeringAction.MIRROR,
+                        mirror_host="other", mirror_port="eth9")  # fmt: skip
+    st, _, _ = state(steering=(rule,))
+    assert not [f for f in st.flows if f.cookie == cookie(CookieKind.STEERING, "m")]
+
+
+def test_dscp_marks_and_drop_drops() -> None:
+    mark = SteeringRule(id="d", priority=6, protocol=AclProtocol.UDP, port_min=5000,
+                        port_max=5001, action=SteeringAction.DSCP, dscp=46)  # fmt: skip
+    drop = SteeringRule(id="x", priority=7, src=AclSelector(cidr="10.1.0.0/24"),
+                        action=SteeringAction.DROP)  # fmt: skip
+    st, _, _ = state(steering=(mark, drop))
+    [dscp] = [f for f in st.flows if f.cookie == cookie(CookieKind.STEERING, "d")]
+    assert dscp.actions == (SetField("ip_dscp", 46),) and dscp.match_dict()["udp_dst"] == (
+        5000,
+        0xFFFE,
+    )
+    [stop] = [f for f in st.flows if f.cookie == cookie(CookieKind.STEERING, "x")]
+    assert stop.actions == () and stop.goto is None
+
+
+def test_a_raw_flow_lives_in_its_table_only() -> None:
+    raw = RawFlow(id="r", priority=9, match={"ipv4_dst": "10.1.0.0/24", "tcp_dst": 22},
+                  action=RawFlowAction.CONTINUE, set_dscp=10)  # fmt: skip
+    st, _, _ = state(raw=(raw,))
+    [flow] = [f for f in st.flows if f.cookie == cookie(CookieKind.EXPERT, "r")]
+    assert flow.table == int(Table.EXPERT) and flow.goto == int(Table.ARP)
+    assert flow.match_dict() == {
+        "eth_type": 0x0800,
+        "ip_proto": 6,
+        "ipv4_dst": ("10.1.0.0", "255.255.255.0"),
+        "tcp_dst": 22,
+    }
+
+
+@pytest.mark.parametrize(
+    ("match", "message"),
+    [
+        ({"in_port": 1}, "'in_port' is not a field a raw flow may match"),
+        ({"metadata": 1}, "'metadata' is not a field a raw flow may match"),
+        ({"ipv4_dst": "10.1.0.0/33"}, "is not an IPv4 CIDR"),
+        ({"eth_src": "nope"}, "eth_src='nope'"),
+        ({"ip_proto": 17, "tcp_dst": 22}, "tcp_dst needs ip_proto=0x6"),
+    ],
+)
+def test_raw_matches_are_checked(match: dict[str, int | str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_match(match)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"action": "dscp"}, "a dscp rule needs the value"),
+        ({"action": "drop", "dscp": 4}, "only a dscp rule marks"),
+        ({"action": "mirror"}, "give mirror_container, or mirror_host with mirror_port"),
+        ({"action": "mirror", "mirror_host": "h1"}, "give mirror_container, or mirror_host"),
+        ({"action": "drop", "mirror_container": "m"}, "only a mirror rule has a mirror"),
+        ({"action": "drop", "protocol": "icmp", "ports": "1"}, "only tcp and udp rules"),
+    ],
+)
+def test_bad_steering_rules_name_the_problem(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SteeringCreate.model_validate(fields)
+
+
+def test_bad_raw_flow_bodies() -> None:
+    with pytest.raises(ValueError, match="only a flow that continues can mark"):
+        RawFlowCreate.model_validate({"action": "drop", "set_dscp": 3})
+    with pytest.raises(ValueError, match="less than or equal to 60000"):
+        RawFlowCreate.model_validate({"action": "drop", "priority": 70000})
