@@ -326,6 +326,8 @@ class SteeringCreate(Body):
     ports: str | None = Field(default=None, description="destination port or range, tcp/udp")
     action: SteeringAction
     dscp: int | None = Field(default=None, ge=0, le=63)
+    rate_kbps: int | None = Field(default=None, ge=8, le=100_000_000)
+    burst_kbits: int | None = Field(default=None, ge=1, le=100_000_000)
     mirror_container: str | None = Field(default=None, min_length=1, max_length=255)
     mirror_host: Name | None = None
     mirror_port: PortName | None = None
@@ -344,6 +346,13 @@ class SteeringCreate(Body):
             raise ValueError("dscp: a dscp rule needs the value to mark (0-63)")
         if self.action is not SteeringAction.DSCP and self.dscp is not None:
             raise ValueError(f"dscp: only a dscp rule marks (action is {self.action})")
+        limit = self.action is SteeringAction.RATE_LIMIT
+        if limit and self.rate_kbps is None:
+            raise ValueError("rate_kbps: a rate_limit rule needs the rate (kbit/s)")
+        if not limit and (self.rate_kbps is not None or self.burst_kbits is not None):
+            raise ValueError(
+                f"rate_kbps: only a rate_limit rule has a rate (action is {self.action})"
+            )
         if self.action is SteeringAction.MIRROR:
             by_container = self.mirror_container is not None and self.mirror_host is None
             by_port = self.mirror_container is None and None not in mirror[1:]

@@ -165,7 +165,9 @@ def cmd_steer_add(args: argparse.Namespace) -> int:
         "protocol": args.protocol,
         "description": args.description,
     }
-    for key in ("id", "ports", "dscp", "mirror_container", "mirror_host", "mirror_port"):
+    keys = ("id", "ports", "dscp", "rate_kbps", "burst_kbits", "mirror_container", "mirror_host",
+            "mirror_port")  # fmt: skip
+    for key in keys:
         value = getattr(args, key)
         if value is not None:
             body[key] = value
@@ -374,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     rm_acl.add_argument("id")
     rm_acl.set_defaults(func=cmd_acl_rm)
 
-    steer = sub.add_parser("steer", help="traffic steering: drop, dscp, mirror (add, ls, rm)")
+    steer = sub.add_parser(
+        "steer", help="traffic steering: drop, dscp, mirror, rate_limit (add, ls, rm)"
+    )
     ssub = steer.add_subparsers(dest="steer_command", required=True)
     sadd = ssub.add_parser("add", help="add a rule; returns once every bridge holds it")
     _add_controller_arg(sadd)
@@ -385,8 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     sadd.add_argument("--dst", metavar="KIND=VALUE", help="as --src")
     sadd.add_argument("--protocol", choices=("any", "tcp", "udp", "icmp"), default="any")
     sadd.add_argument("--ports", help="destination port or range (tcp/udp)")
-    sadd.add_argument("--action", choices=("drop", "dscp", "mirror"), required=True)
+    sadd.add_argument("--action", choices=("drop", "dscp", "mirror", "rate_limit"), required=True)
     sadd.add_argument("--dscp", type=int, help="dscp: the value to mark, 0-63")
+    sadd.add_argument("--rate-kbps", type=int, help="rate_limit: kbit/s above which to drop")
+    sadd.add_argument("--burst-kbits", type=int, help="rate_limit: burst (default rate/10)")
     sadd.add_argument("--mirror-container", help="mirror: copies to this container")
     sadd.add_argument("--mirror-host", help="mirror: copies to a port of this host's bridge")
     sadd.add_argument("--mirror-port", help="mirror: that port's name")

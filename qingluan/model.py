@@ -201,6 +201,7 @@ class SteeringAction(StrEnum):
     DROP = "drop"
     DSCP = "dscp"
     MIRROR = "mirror"
+    RATE_LIMIT = "rate_limit"  # an OpenFlow meter: above rate_kbps, packets are dropped
 
 
 class SteeringRule(Frozen):
@@ -218,6 +219,8 @@ class SteeringRule(Frozen):
     port_max: int | None = None
     action: SteeringAction
     dscp: int | None = None
+    rate_kbps: int | None = None
+    burst_kbits: int | None = None
     mirror_container: str | None = None
     mirror_host: str | None = None
     mirror_port: str | None = None

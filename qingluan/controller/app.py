@@ -127,6 +127,21 @@ class QingluanApp(app_manager.OSKenApp):  # type: ignore[misc]  # os-ken is unty
             return
         self._reconciler.flow_stats_reply(switch, ev.msg.xid, flows, ofvocab.reply_has_more(ev.msg))
 
+    @_on(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
+    def _meter_config(self, ev: Any) -> None:
+        switch = self._switches.get(ev.msg.datapath)
+        if switch is None:
+            return
+        try:
+            meters = [ofvocab.parse_meter_config(s) for s in ev.msg.body]
+        except Exception as exc:
+            log.exception("datapath %016x: unreadable meter configuration", switch.dpid)
+            self._reconciler.error_reply(switch, ev.msg.xid, f"unreadable meters: {exc}")
+            return
+        self._reconciler.meter_config_reply(
+            switch, ev.msg.xid, meters, ofvocab.reply_has_more(ev.msg)
+        )
+
     @_on(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _group_desc(self, ev: Any) -> None:
         switch = self._switches.get(ev.msg.datapath)

@@ -46,6 +46,7 @@ from qingluan.controller.pipeline.flow import (
     Group,
     GroupAction,
     MatchValue,
+    Meter,
     Move,
     Output,
     PopVlan,
@@ -245,6 +246,7 @@ def normalize_flow(flow: Flow) -> Flow:
         write_metadata=wm,
         goto=flow.goto,
         cookie=flow.cookie,
+        meter=flow.meter,
     )
 
 
@@ -307,15 +309,39 @@ class PortDescRequest:
     """Every port."""
 
 
+@dataclass(frozen=True)
+class MeterAdd:
+    meter: Meter
+
+
+@dataclass(frozen=True)
+class MeterModify:
+    meter: Meter
+
+
+@dataclass(frozen=True)
+class MeterDelete:
+    meter_id: int
+
+
+@dataclass(frozen=True)
+class MeterConfigRequest:
+    """Every meter's configuration."""
+
+
 Request = (
     FlowAdd
     | FlowDelete
     | GroupAdd
     | GroupModify
     | GroupDelete
+    | MeterAdd
+    | MeterModify
+    | MeterDelete
     | Barrier
     | FlowStatsRequest
     | GroupDescRequest
+    | MeterConfigRequest
     | PortDescRequest
 )
 
@@ -332,6 +358,11 @@ def describe_request(request: Request) -> str:
         return f"modify group {render_group(request.group)}"
     if isinstance(request, GroupDelete):
         return f"delete group_id={request.group_id}"
+    if isinstance(request, MeterAdd | MeterModify):
+        verb = "add" if isinstance(request, MeterAdd) else "modify"
+        return f"{verb} meter {render_meter(request.meter)}"
+    if isinstance(request, MeterDelete):
+        return f"delete meter={request.meter_id}"
     return type(request).__name__
 
 
@@ -389,6 +420,8 @@ def _action(action: Action) -> Any:
 
 def _instructions(flow: Flow) -> list[Any]:
     out: list[Any] = []
+    if flow.meter is not None:
+        out.append(parser.OFPInstructionMeter(flow.meter))
     if flow.actions:
         out.append(
             parser.OFPInstructionActions(
@@ -457,6 +490,22 @@ def to_message(datapath: Datapath, request: Request) -> Message:
         )
     if isinstance(request, GroupDelete):
         return parser.OFPGroupMod(datapath, ofp.OFPGC_DELETE, ofp.OFPGT_ALL, request.group_id, [])
+    if isinstance(request, MeterAdd | MeterModify):
+        meter = request.meter
+        command = ofp.OFPMC_ADD if isinstance(request, MeterAdd) else ofp.OFPMC_MODIFY
+        return parser.OFPMeterMod(
+            datapath,
+            command=command,
+            flags=ofp.OFPMF_KBPS | ofp.OFPMF_BURST,
+            meter_id=meter.meter_id,
+            bands=[parser.OFPMeterBandDrop(rate=meter.rate_kbps, burst_size=meter.burst_kbits)],
+        )
+    if isinstance(request, MeterDelete):
+        return parser.OFPMeterMod(
+            datapath, command=ofp.OFPMC_DELETE, flags=0, meter_id=request.meter_id, bands=[]
+        )
+    if isinstance(request, MeterConfigRequest):
+        return parser.OFPMeterConfigStatsRequest(datapath, 0, ofp.OFPM_ALL)
     if isinstance(request, Barrier):
         return parser.OFPBarrierRequest(datapath)
     if isinstance(request, FlowStatsRequest):
@@ -594,6 +643,7 @@ def parse_flow_stats(stats: Any) -> SwitchFlow:
     actions: tuple[Action, ...] = ()
     write_metadata: tuple[int, int] | None = None
     goto: int | None = None
+    meter: int | None = None
     for inst in stats.instructions:
         if isinstance(inst, parser.OFPInstructionActions) and inst.type == ofp.OFPIT_APPLY_ACTIONS:
             actions = _parse_actions(inst.actions, unsupported)
@@ -601,6 +651,8 @@ def parse_flow_stats(stats: Any) -> SwitchFlow:
             write_metadata = (int(inst.metadata), int(inst.metadata_mask))
         elif isinstance(inst, parser.OFPInstructionGotoTable):
             goto = int(inst.table_id)
+        elif isinstance(inst, parser.OFPInstructionMeter):
+            meter = int(inst.meter_id)
         elif isinstance(inst, parser.OFPInstructionActions):
             kind = "write_actions" if inst.type == ofp.OFPIT_WRITE_ACTIONS else "clear_actions"
             unsupported.append(kind)
@@ -624,6 +676,7 @@ def parse_flow_stats(stats: Any) -> SwitchFlow:
         write_metadata=write_metadata,
         goto=goto,
         cookie=int(stats.cookie),
+        meter=meter,
     )
     return SwitchFlow(
         flow,
@@ -631,6 +684,38 @@ def parse_flow_stats(stats: Any) -> SwitchFlow:
         packets=int(stats.packet_count),
         bytes=int(stats.byte_count),
         match_understood=match_understood,
+    )
+
+
+@dataclass(frozen=True)
+class SwitchMeter:
+    meter: Meter
+    unsupported: tuple[str, ...] = ()
+
+    @property
+    def exact(self) -> bool:
+        return not self.unsupported
+
+
+def parse_meter_config(stats: Any) -> SwitchMeter:
+    """One ``OFPMeterConfigStats`` entry: qingluan's meters are kbps with one drop band."""
+    unsupported: list[str] = []
+    if stats.flags & ~(ofp.OFPMF_KBPS | ofp.OFPMF_BURST | ofp.OFPMF_STATS) or not (
+        stats.flags & ofp.OFPMF_KBPS
+    ):
+        unsupported.append(f"flags {stats.flags:#x}")
+    drops = [b for b in stats.bands if isinstance(b, parser.OFPMeterBandDrop)]
+    if len(stats.bands) != 1 or len(drops) != 1:
+        unsupported.append(f"{len(stats.bands)} bands")
+    rate = int(drops[0].rate) if drops else 0
+    burst = int(drops[0].burst_size) if drops else 0
+    return SwitchMeter(Meter(int(stats.meter_id), rate, burst), tuple(unsupported))
+
+
+def render_meter(meter: Meter) -> str:
+    return (
+        f"meter={meter.meter_id},kbps,burst,band=type=drop,rate={meter.rate_kbps},"
+        f"burst_size={meter.burst_kbits}"
     )
 
 
@@ -734,7 +819,8 @@ def render_actions(actions: Iterable[Action]) -> str:
 def render_flow(flow: Flow) -> str:
     """The flow in ``ovs-ofctl add-flow`` syntax (``ovs-ofctl diff-flows`` reads it)."""
     match = ",".join(f"{ovs_field_name(n)}={_value_text(n, v)}" for n, v in flow.match)
-    parts = [render_action(a) for a in flow.actions]
+    parts = [f"meter:{flow.meter}"] if flow.meter is not None else []
+    parts += [render_action(a) for a in flow.actions]
     if flow.write_metadata is not None:
         value, mask = flow.write_metadata
         parts.append(f"write_metadata:0x{value:x}/0x{mask:x}")

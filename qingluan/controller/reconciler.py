@@ -49,10 +49,15 @@ from qingluan.controller.ofvocab import (
     GroupDelete,
     GroupDescRequest,
     GroupModify,
+    MeterAdd,
+    MeterConfigRequest,
+    MeterDelete,
+    MeterModify,
     PortReason,
     Request,
     SwitchFlow,
     SwitchGroup,
+    SwitchMeter,
 )
 from qingluan.controller.pipeline.acl import Policy
 from qingluan.controller.pipeline.bridge import Peer
@@ -99,15 +104,18 @@ class Plan:
     group_deletes: tuple[GroupDelete, ...] = ()
     flows_replaced: int = 0  # adds that replace a flow with the same key
     undeletable: tuple[str, ...] = ()  # switch flows whose match we cannot say
+    meter_writes: tuple[MeterAdd | MeterModify, ...] = ()
+    meter_deletes: tuple[MeterDelete, ...] = ()
 
     def phases(self) -> list[list[Request]]:
-        """Groups first, then new and changed flows, and only then the flows that go:
-        a packet meets the old rule set or the new one, never a half-emptied one."""
+        """Groups and meters first, then new and changed flows, and only then the flows
+        that go: a packet meets the old rule set or the new one, never a half-emptied
+        one. Groups and meters go last, when no flow points at them any more."""
         return [
-            list(self.group_writes),
+            [*self.group_writes, *self.meter_writes],
             list(self.flow_adds),
             list(self.flow_deletes),
-            list(self.group_deletes),
+            [*self.group_deletes, *self.meter_deletes],
         ]
 
     @property
@@ -115,7 +123,12 @@ class Plan:
         return not any(self.phases())
 
 
-def plan(desired: BridgeState, flows: Iterable[SwitchFlow], groups: Iterable[SwitchGroup]) -> Plan:
+def plan(
+    desired: BridgeState,
+    flows: Iterable[SwitchFlow],
+    groups: Iterable[SwitchGroup],
+    meters: Iterable[SwitchMeter] = (),
+) -> Plan:
     """The difference between a normalized desired state and what a switch reported."""
     want_flows = desired.flows_by_key()
     have_flows = {entry.flow.key: entry for entry in flows}
@@ -151,7 +164,20 @@ def plan(desired: BridgeState, flows: Iterable[SwitchFlow], groups: Iterable[Swi
     def flow_order(req: FlowAdd | FlowDelete) -> tuple[int, int]:
         return (req.flow.table, -req.flow.priority)
 
+    want_meters = {m.meter_id: m for m in desired.meters}
+    have_meters = {entry.meter.meter_id: entry for entry in meters}
+    meter_writes: list[MeterAdd | MeterModify] = []
+    for mid, meter in sorted(want_meters.items()):
+        have_meter = have_meters.get(mid)
+        if have_meter is None:
+            meter_writes.append(MeterAdd(meter))
+        elif not have_meter.exact or have_meter.meter != meter:
+            meter_writes.append(MeterModify(meter))
+    meter_deletes = [MeterDelete(mid) for mid in sorted(have_meters) if mid not in want_meters]
+
     return Plan(
+        meter_writes=tuple(meter_writes),
+        meter_deletes=tuple(meter_deletes),
         group_writes=tuple(sorted(writes, key=lambda r: r.group.group_id)),
         flow_deletes=tuple(sorted(deletes, key=flow_order)),
         flow_adds=tuple(sorted(adds, key=flow_order)),
@@ -181,7 +207,7 @@ def normalized_state(state: BridgeState) -> BridgeState:
         other_group = group_ids.setdefault(group.group_id, group)
         if other_group != group:
             raise QingluanError(f"the pipeline built two different groups {group.group_id}")
-    return BridgeState(frozenset(flows), frozenset(groups))
+    return BridgeState(frozenset(flows), frozenset(groups), state.meters)
 
 
 @dataclass(frozen=True)
@@ -219,6 +245,7 @@ class _Waiter:
 
     flows: list[SwitchFlow] = field(default_factory=list)
     groups: list[SwitchGroup] = field(default_factory=list)
+    meters: list[SwitchMeter] = field(default_factory=list)
     done: bool = False
     error: str | None = None
 
@@ -366,6 +393,16 @@ class Reconciler:
                 waiter.done = not more
                 self._cond.notify_all()
 
+    def meter_config_reply(
+        self, switch: Switch, xid: int, meters: Sequence[SwitchMeter], more: bool
+    ) -> None:
+        with self._cond:
+            waiter = self._waiter(switch, xid)
+            if waiter is not None:
+                waiter.meters.extend(meters)
+                waiter.done = not more
+                self._cond.notify_all()
+
     def barrier_reply(self, switch: Switch, xid: int) -> None:
         with self._cond:
             waiter = self._waiter(switch, xid)
@@ -508,9 +545,11 @@ class Reconciler:
         if known is not None:
             flows = [SwitchFlow(f) for f in known.flows]
             groups = [SwitchGroup(g) for g in known.groups]
+            meters = [SwitchMeter(m) for m in known.meters]
         else:
             flows, groups = self._read(conn, deadline)
-        todo = plan(desired, flows, groups)
+            meters = self._read_meters(conn, deadline)
+        todo = plan(desired, flows, groups, meters)
         for text in todo.undeletable:
             log.warning("host %s: cannot delete a flow with a match not understood: %s", host, text)
         conn.known = None  # until the barrier confirms the switch holds ``desired``
@@ -620,10 +659,14 @@ class Reconciler:
             raise SwitchRejected(f"datapath {conn.dpid:016x} refused the {what}: {waiter.error}")
         return waiter
 
+    def _read_meters(self, conn: _Connection, deadline: float) -> list[SwitchMeter]:
+        xid = self._send(conn, MeterConfigRequest(), watch=False)
+        return self._collect(conn, xid, deadline, "meter dump").meters
+
     def _read(
         self, conn: _Connection, deadline: float
     ) -> tuple[list[SwitchFlow], list[SwitchGroup]]:
-        """Everything the switch holds (both dumps in flight at once)."""
+        """Every flow and group the switch holds (both dumps in flight at once)."""
         flows_xid = self._send(conn, FlowStatsRequest(), watch=False)
         groups_xid = self._send(conn, GroupDescRequest(), watch=False)
         flows = self._collect(conn, flows_xid, deadline, "flow dump").flows

@@ -823,6 +823,8 @@ class Services(StoreState):
                 port_max=high,
                 action=body.action,
                 dscp=body.dscp,
+                rate_kbps=body.rate_kbps,
+                burst_kbits=body.burst_kbits,
                 mirror_container=body.mirror_container,
                 mirror_host=body.mirror_host,
                 mirror_port=body.mirror_port,

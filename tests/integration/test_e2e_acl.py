@@ -9,6 +9,7 @@ test the bridges hold exactly the flows they held before it.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -359,3 +360,33 @@ def test_a_raw_flow_drops_in_its_table_and_goes_away_cleanly(clean: Rig) -> None
     finally:
         assert cli(clean.stack, "rawflow", "rm", "no-7000", *token).returncode == 0
     assert connects(h1, "web", clean.ips["db"])
+
+
+def test_steering_rate_limit_holds_a_tcp_stream_near_the_meter_rate(steering: Rig) -> None:
+    """iperf3 through a 10 Mbit/s meter: within 0.5x..1.5x of the rate (a drop band, so
+    TCP backs off under it); the same stream without the rule is far faster."""
+    h1, h2 = steering.host("h1"), steering.host("h2")
+    h2.docker("run", "-d", "--name", "perf", "--network", "vx", "qingluan/iperf3",
+              "iperf3", "-s", "--forceflush")  # fmt: skip
+    try:
+        wait_until(lambda: "listening" in h2.docker("logs", "perf"), 20, "iperf3 -s")
+        server = ip_of(h2, "perf")
+
+        def mbits() -> float:
+            out = h1.docker("run", "--rm", "--network", "vx", "qingluan/iperf3", "iperf3",
+                            "-c", server, "-t", "3", "--json", "--connect-timeout", "5000",
+                            timeout=60)  # fmt: skip
+            return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+        free = mbits()
+        steer(steering, "add", "--dst", f"cidr={server}/32", "--protocol", "tcp",
+              "--action", "rate_limit", "--rate-kbps", "10000", "--priority", "13")  # fmt: skip
+        assert "meter=13" in h2.ofctl("dump-meters", "br-ql")
+        limited = mbits()
+        assert 5 <= limited <= 15, limited
+        assert free > 2 * limited, (free, limited)
+    finally:
+        for rule in steering.stack.get("/v1/steering"):
+            steer(steering, "rm", rule["id"])
+        h2.docker("rm", "-f", "perf")
+    assert "meter=13" not in h2.ofctl("dump-meters", "br-ql")

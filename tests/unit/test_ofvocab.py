@@ -40,6 +40,7 @@ from qingluan.controller.pipeline.flow import (
     Flow,
     Group,
     GroupAction,
+    Meter,
     Move,
     Output,
     PopVlan,
@@ -114,6 +115,7 @@ MISC = [
     Flow.make(0, 100, {"in_port": 9, "vlan_vid": 0}, write_metadata=(7, 0xFFFFFF), goto=10),
     Flow.make(50, 1, {"metadata": 5}, [PushVlan(), SetField("vlan_vid", 0x1064), Output(9)]),
     Flow.make(0, 100, {"in_port": 8, "tunnel_id": 5000}, write_metadata=(3, 0xFF), goto=10),
+    Flow.make(30, 105, {"eth_type": 0x0800, "ipv4_dst": "10.0.0.9"}, goto=40, meter=5),
     Flow.make(20, 100, {"metadata": (5, 0xFFFFFF), "eth_type": 0x0800}, [Ct(zone=1, table=21)]),
     Flow.make(
         21,
@@ -438,7 +440,6 @@ def test_nxm_field_names_from_ovs_become_oxm_names() -> None:
         ),
         ([apply(parser.NXActionResubmitTable(in_port=0xFFF8, table_id=10))], {}, "Resubmit"),
         ([parser.OFPInstructionActions(ofp.OFPIT_WRITE_ACTIONS, [])], {}, "write_actions"),
-        ([parser.OFPInstructionMeter(1)], {}, "Meter"),
         ([], {"idle_timeout": 10}, "idle_timeout=10"),
         ([], {"hard_timeout": 3}, "hard_timeout=3"),
     ],
@@ -520,3 +521,17 @@ def test_render_group_like_dump_groups() -> None:
         "bucket=actions=set_field:02:00:00:00:00:09->eth_dst,output:3"
     )
     assert ofvocab.render_group(Group(6, ())) == "group_id=6,type=all"
+
+
+def test_meters_survive_the_wire() -> None:
+    meter = Meter(7, 10_000, 1_000)
+    msg = ofvocab.to_message(DP, ofvocab.MeterAdd(meter))
+    msg.set_xid(1)
+    msg.serialize()  # os-ken can encode it
+    assert (msg.command, msg.meter_id) == (ofp.OFPMC_ADD, 7)
+    assert [(b.rate, b.burst_size) for b in msg.bands] == [(10_000, 1_000)]
+    # what a switch reports back for it
+    stats = parser.OFPMeterConfigStats(flags=msg.flags, meter_id=msg.meter_id, bands=msg.bands)
+    parsed = ofvocab.parse_meter_config(stats)
+    assert parsed.exact and parsed.meter == meter
+    assert "rate=10000" in ofvocab.render_meter(meter)

@@ -36,6 +36,7 @@ from qingluan.controller.pipeline.flow import (
     Group,
     GroupAction,
     MatchValue,
+    Meter,
     Move,
     Output,
     PopVlan,
@@ -44,7 +45,7 @@ from qingluan.controller.pipeline.flow import (
     cookie,
 )
 from qingluan.controller.pipeline.raw import raw_flows
-from qingluan.controller.pipeline.steering import steering_flows
+from qingluan.controller.pipeline.steering import steering_flows, steering_meters
 from qingluan.controller.pipeline.tables import (
     PASS_THROUGH_PRIORITY,
     PIPELINE,
@@ -576,10 +577,11 @@ class _Collector:
         if held[0] != group:
             raise Conflict(f"{owner} conflicts with {held[1]}: both need group {group.group_id}")
 
-    def state(self) -> BridgeState:
+    def state(self, meters: Iterable[Meter] = ()) -> BridgeState:
         return BridgeState(
             flows=frozenset(f for f, _ in self.flows.values()),
             groups=frozenset(g for g, _ in self.groups.values()),
+            meters=frozenset(meters),
         )
 
 
@@ -619,8 +621,11 @@ def compute_bridge(
     ):
         out.add_flows(acl_flows(networks, endpoints, policy or Policy()), "the ACL rules")
     host = networks[0].host if networks else None
+    meters: list[Meter] = []
     if policy is not None and policy.steering and host is not None:
-        out.add_flows(steering_flows(host, endpoints, ports, policy), "the steering rules")
+        steered = steering_flows(host, endpoints, ports, policy)
+        out.add_flows(steered, "the steering rules")
+        meters = steering_meters(steered, policy)
     if policy is not None and policy.raw and host is not None:
         out.add_flows(raw_flows(host, policy.raw), "the raw flows")
-    return out.state()
+    return out.state(meters)

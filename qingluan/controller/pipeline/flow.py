@@ -148,6 +148,7 @@ class Flow:
     write_metadata: tuple[int, int] | None = None
     goto: int | None = None
     cookie: int = 0
+    meter: int | None = None  # OFPIT_METER: through this meter first
 
     @staticmethod
     def make(
@@ -159,6 +160,7 @@ class Flow:
         write_metadata: tuple[int, int] | None = None,
         goto: int | None = None,
         cookie: int = 0,
+        meter: int | None = None,
     ) -> Flow:
         return Flow(
             table=table,
@@ -168,6 +170,7 @@ class Flow:
             write_metadata=write_metadata,
             goto=goto,
             cookie=cookie,
+            meter=meter,
         )
 
     @property
@@ -187,6 +190,7 @@ class Flow:
             self.write_metadata,
             self.goto,
             value,
+            self.meter,
         )
 
 
@@ -199,11 +203,21 @@ class Group:
 
 
 @dataclass(frozen=True)
+class Meter:
+    """An OpenFlow meter with one drop band: above ``rate_kbps`` packets are dropped."""
+
+    meter_id: int
+    rate_kbps: int
+    burst_kbits: int
+
+
+@dataclass(frozen=True)
 class BridgeState:
     """Everything a bridge should hold (desired) or holds (actual)."""
 
     flows: frozenset[Flow] = field(default_factory=frozenset)
     groups: frozenset[Group] = field(default_factory=frozenset)
+    meters: frozenset[Meter] = field(default_factory=frozenset)
 
     def flows_by_key(self) -> dict[tuple[int, int, tuple[tuple[str, MatchValue], ...]], Flow]:
         return {f.key: f for f in self.flows}

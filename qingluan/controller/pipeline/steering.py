@@ -22,7 +22,16 @@ from qingluan.controller.pipeline.acl import (
     peer_addresses,
     port_clause,
 )
-from qingluan.controller.pipeline.flow import Action, CookieKind, Flow, Output, SetField, cookie
+from qingluan.controller.pipeline.flow import (
+    Action,
+    Conjunction,
+    CookieKind,
+    Flow,
+    Meter,
+    Output,
+    SetField,
+    cookie,
+)
 from qingluan.controller.pipeline.tables import Table
 from qingluan.model import Endpoint, SteeringAction, SteeringRule
 
@@ -53,8 +62,11 @@ def rule_flows(
     """The flows of one steering rule on ``host``'s bridge."""
     actions: tuple[Action, ...] = ()
     goto: int | None = int(Table.ARP)
+    meter: Meter | None = None
     if rule.action is SteeringAction.DROP:
         goto = None
+    elif rule.action is SteeringAction.RATE_LIMIT:
+        meter = rule_meter(rule)
     elif rule.action is SteeringAction.DSCP:
         if rule.dscp is None:
             raise ValueError(f"steering rule {rule.id}: dscp without a value")
@@ -75,7 +87,7 @@ def rule_flows(
     ports_clause = port_clause(rule.protocol, rule.port_min, rule.port_max)
     if ports_clause is not None:
         clauses.append(ports_clause)
-    return conjunctive(
+    flows = conjunctive(
         int(Table.STEERING),
         STEERING_BASE + rule.priority,
         l4_base(rule.protocol, None),
@@ -85,6 +97,43 @@ def rule_flows(
         owner=cookie(CookieKind.STEERING, rule.id),
         conj_id=conjunction_id("steering:" + rule.id),
     )
+    if meter is None:
+        return flows
+    # the verdict flow(s) go through the meter; conjunction clause flows only vote
+    return [
+        f if any(isinstance(a, Conjunction) for a in f.actions) else _metered(f, meter.meter_id)
+        for f in flows
+    ]
+
+
+def _metered(flow: Flow, meter_id: int) -> Flow:
+    return Flow.make(
+        flow.table,
+        flow.priority,
+        flow.match_dict(),
+        flow.actions,
+        goto=flow.goto,
+        cookie=flow.cookie,
+        meter=meter_id,
+    )
+
+
+def rule_meter(rule: SteeringRule) -> Meter:
+    """A rate_limit rule's meter: its id is the rule's (unique) priority."""
+    if rule.rate_kbps is None:
+        raise ValueError(f"steering rule {rule.id}: rate_limit without a rate")
+    burst = rule.burst_kbits or max(rule.rate_kbps // 10, 100)
+    return Meter(meter_id=rule.priority, rate_kbps=rule.rate_kbps, burst_kbits=burst)
+
+
+def steering_meters(flows: Sequence[Flow], policy: Policy) -> list[Meter]:
+    """The meters of the rate_limit rules that have a flow on this bridge."""
+    used = {f.meter for f in flows if f.meter is not None}
+    return [
+        rule_meter(r)
+        for r in policy.steering
+        if r.action is SteeringAction.RATE_LIMIT and r.priority in used
+    ]
 
 
 def steering_flows(
