@@ -331,10 +331,13 @@ class SteeringCreate(Body):
     mirror_container: str | None = Field(default=None, min_length=1, max_length=255)
     mirror_host: Name | None = None
     mirror_port: PortName | None = None
+    via: str | None = Field(default=None, min_length=1, max_length=255)
     description: str = Field(default="", max_length=255)
 
     @model_validator(mode="after")
     def _consistent(self) -> SteeringCreate:
+        if (self.action is SteeringAction.REDIRECT) != (self.via is not None):
+            raise ValueError("via: a redirect rule names its service container, and only it")
         if self.ports is not None:
             if self.protocol not in (AclProtocol.TCP, AclProtocol.UDP):
                 raise ValueError(

@@ -166,7 +166,7 @@ def cmd_steer_add(args: argparse.Namespace) -> int:
         "description": args.description,
     }
     keys = ("id", "ports", "dscp", "rate_kbps", "burst_kbits", "mirror_container", "mirror_host",
-            "mirror_port")  # fmt: skip
+            "mirror_port", "via")  # fmt: skip
     for key in keys:
         value = getattr(args, key)
         if value is not None:
@@ -389,13 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     sadd.add_argument("--dst", metavar="KIND=VALUE", help="as --src")
     sadd.add_argument("--protocol", choices=("any", "tcp", "udp", "icmp"), default="any")
     sadd.add_argument("--ports", help="destination port or range (tcp/udp)")
-    sadd.add_argument("--action", choices=("drop", "dscp", "mirror", "rate_limit"), required=True)
+    sadd.add_argument(
+        "--action", choices=("drop", "dscp", "mirror", "rate_limit", "redirect"), required=True
+    )
     sadd.add_argument("--dscp", type=int, help="dscp: the value to mark, 0-63")
     sadd.add_argument("--rate-kbps", type=int, help="rate_limit: kbit/s above which to drop")
     sadd.add_argument("--burst-kbits", type=int, help="rate_limit: burst (default rate/10)")
     sadd.add_argument("--mirror-container", help="mirror: copies to this container")
     sadd.add_argument("--mirror-host", help="mirror: copies to a port of this host's bridge")
     sadd.add_argument("--mirror-port", help="mirror: that port's name")
+    sadd.add_argument("--via", help="redirect: the service container (on the sender's host)")
     sadd.add_argument("--description", default="")
     sadd.set_defaults(func=cmd_steer_add)
     sls = ssub.add_parser("ls", help="the rules, highest priority first")

@@ -202,6 +202,7 @@ class SteeringAction(StrEnum):
     DSCP = "dscp"
     MIRROR = "mirror"
     RATE_LIMIT = "rate_limit"  # an OpenFlow meter: above rate_kbps, packets are dropped
+    REDIRECT = "redirect"  # through the service container ``via`` on the sender's host
 
 
 class SteeringRule(Frozen):
@@ -224,6 +225,7 @@ class SteeringRule(Frozen):
     mirror_container: str | None = None
     mirror_host: str | None = None
     mirror_port: str | None = None
+    via: str | None = Field(default=None, description="redirect: the service container's name")
     description: str = ""
 
 

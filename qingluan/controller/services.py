@@ -810,6 +810,8 @@ class Services(StoreState):
                 raise InvalidRequest(
                     f"mirror_container: unknown container {body.mirror_container!r}"
                 )
+            if body.via is not None and not any(e.container_name == body.via for e in endpoints):
+                raise InvalidRequest(f"via: unknown container {body.via!r}")
             if body.mirror_host is not None and _load(tx, host_key(body.mirror_host), Host) is None:
                 raise InvalidRequest(f"mirror_host: unknown host {body.mirror_host!r}")
             low, high = body.port_range()
@@ -828,6 +830,7 @@ class Services(StoreState):
                 mirror_container=body.mirror_container,
                 mirror_host=body.mirror_host,
                 mirror_port=body.mirror_port,
+                via=body.via,
                 description=body.description,
             )
             tx.put(STEERING + rule_id, rule)

@@ -390,3 +390,41 @@ def test_steering_rate_limit_holds_a_tcp_stream_near_the_meter_rate(steering: Ri
             steer(steering, "rm", rule["id"])
         h2.docker("rm", "-f", "perf")
     assert "meter=13" not in h2.ofctl("dump-meters", "br-ql")
+
+
+def forwarded(host: SimHost, container: str) -> int:
+    """The container's IP ForwDatagrams counter (packets its kernel routed for others)."""
+    lines = host.docker("exec", container, "cat", "/proc/net/snmp").splitlines()
+    head, values = [line.split() for line in lines if line.startswith("Ip:")][:2]
+    return int(values[head.index("ForwDatagrams")])
+
+
+def test_steering_redirects_through_a_service_container(steering: Rig) -> None:
+    """web -> db (other host) is sent through the service fw on web's host, which routes it
+    on: its forwarding counter proves the packets passed; cli's traffic goes direct."""
+    h1 = steering.host("h1")
+    h1.docker("run", "-d", "--name", "fw", "--network", "vx",
+              "--sysctl", "net.ipv4.ip_forward=1",
+              "--sysctl", "net.ipv4.conf.all.send_redirects=0",
+              "--sysctl", "net.ipv4.conf.default.send_redirects=0",
+              "--sysctl", "net.ipv4.conf.eth0.send_redirects=0",
+              "qingluan/busybox", "sleep", "600")  # fmt: skip
+    try:
+        wait_until(
+            lambda: any(e["container_name"] == "fw" for e in steering.stack.get("/v1/endpoints")),
+            20,
+            "fw's name at the controller",
+        )
+        steer(steering, "add", "--src", "container=web", "--dst", "container=db",
+              "--action", "redirect", "--via", "fw", "--priority", "14")  # fmt: skip
+        before = forwarded(h1, "fw")
+        assert pings(h1, "web", steering.ips["db"], count=5)
+        assert connects(h1, "web", steering.ips["db"])
+        through = forwarded(h1, "fw") - before
+        assert through >= 5, through
+        assert pings(h1, "cli", steering.ips["db"], count=3)
+        assert forwarded(h1, "fw") - before - through < 3  # cli's packets did not pass fw
+    finally:
+        for rule in steering.stack.get("/v1/steering"):
+            steer(steering, "rm", rule["id"])
+        h1.docker("rm", "-f", "fw")

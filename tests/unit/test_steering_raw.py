@@ -6,7 +6,14 @@ import pytest
 
 from qingluan.api_schema import RawFlowCreate, SteeringCreate
 from qingluan.controller.pipeline import Policy, compute_bridge
-from qingluan.controller.pipeline.flow import CookieKind, Output, SetField, cookie
+from qingluan.controller.pipeline.flow import (
+    FROM_OUTSIDE,
+    FROM_SERVICE,
+    CookieKind,
+    Output,
+    SetField,
+    cookie,
+)
 from qingluan.controller.pipeline.raw import parse_match
 from qingluan.controller.pipeline.tables import Table
 from qingluan.model import (
@@ -96,6 +103,9 @@ def test_raw_matches_are_checked(match: dict[str, int | str], message: str) -> N
         ({"action": "mirror", "mirror_host": "h1"}, "give mirror_container, or mirror_host"),
         ({"action": "drop", "mirror_container": "m"}, "only a mirror rule has a mirror"),
         ({"action": "drop", "protocol": "icmp", "ports": "1"}, "only tcp and udp rules"),
+        ({"action": "redirect"}, "a redirect rule names its service container"),
+        ({"action": "drop", "via": "fw"}, "a redirect rule names its service container"),
+        ({"action": "rate_limit"}, "a rate_limit rule needs the rate"),
     ],
 )
 def test_bad_steering_rules_name_the_problem(fields: dict[str, object], message: str) -> None:
@@ -108,3 +118,28 @@ def test_bad_raw_flow_bodies() -> None:
         RawFlowCreate.model_validate({"action": "drop", "set_dscp": 3})
     with pytest.raises(ValueError, match="less than or equal to 60000"):
         RawFlowCreate.model_validate({"action": "drop", "priority": 70000})
+
+
+def test_a_redirect_goes_to_the_local_service_once_and_the_service_may_forward() -> None:
+    rule = SteeringRule(id="via", priority=8, src=AclSelector(container="a"),
+                        action=SteeringAction.REDIRECT, via="mon")  # fmt: skip
+    st, a, svc = state(steering=(rule,))
+    [flow] = [f for f in st.flows if f.cookie == cookie(CookieKind.STEERING, "via")]
+    assert flow.actions == (SetField("eth_dst", svc.mac), Output(3)) and flow.goto is None
+    # only traffic from local ports that did not come from a service
+    assert flow.match_dict()["metadata"] == (0, FROM_OUTSIDE | FROM_SERVICE)
+    relaxed = [
+        f
+        for f in st.flows
+        if f.table == int(Table.CLASSIFY) and f.match_dict().get("in_port") == 3
+        and "ipv4_src" not in f.match_dict() and f.match_dict().get("eth_type") == 0x0800
+    ]  # fmt: skip
+    assert len(relaxed) == 1 and relaxed[0].write_metadata is not None
+    assert relaxed[0].write_metadata[0] & FROM_SERVICE
+    assert a.port_name  # the sender keeps its port security
+
+
+def test_a_redirect_without_a_local_service_lets_traffic_pass() -> None:
+    rule = SteeringRule(id="via", priority=8, action=SteeringAction.REDIRECT, via="elsewhere")
+    st, _, _ = state(steering=(rule,))
+    assert not [f for f in st.flows if f.cookie == cookie(CookieKind.STEERING, "via")]

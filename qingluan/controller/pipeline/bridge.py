@@ -24,6 +24,8 @@ from qingluan import names
 from qingluan.controller.pipeline.acl import DEFAULT_OPTION as ACL_DEFAULT_OPTION
 from qingluan.controller.pipeline.acl import Policy, acl_flows
 from qingluan.controller.pipeline.flow import (
+    FROM_OUTSIDE,
+    FROM_SERVICE,
     NETWORK_KEY_MASK,
     NETWORK_KEY_MAX,
     OFPP_IN_PORT,
@@ -45,7 +47,7 @@ from qingluan.controller.pipeline.flow import (
     cookie,
 )
 from qingluan.controller.pipeline.raw import raw_flows
-from qingluan.controller.pipeline.steering import steering_flows, steering_meters
+from qingluan.controller.pipeline.steering import service_names, steering_flows, steering_meters
 from qingluan.controller.pipeline.tables import (
     PASS_THROUGH_PRIORITY,
     PIPELINE,
@@ -64,16 +66,13 @@ MULTICAST_BIT = "01:00:00:00:00:00"
 
 # Priorities inside a table. Table-miss flows use PASS_THROUGH_PRIORITY (0).
 PORT_PRIORITY = 100  # CLASSIFY: a port's own traffic
+SERVICE_PRIORITY = 90  # CLASSIFY: what a service container forwards for others
 ANSWER_PRIORITY = 100  # ARP: a request for a known address
 IP_UNICAST_PRIORITY = 110  # L2: IPv4 for a known address (whatever the MAC)
 UNICAST_PRIORITY = 100  # L2: a known destination MAC
 FLOOD_PRIORITY = 50  # L2: broadcast/multicast
 UPLINK_PRIORITY = 1  # L2: unknown unicast of a flat network goes out to its LAN
 UPLINK_OPTION = "uplink"  # Network.options key: OVS port name of the network's uplink NIC
-# A metadata bit beside the network key: the packet entered from the VLAN trunk or a
-# tunnel. ARP requests with it are not answered from the table (the answer would
-# leave untagged, or into the tunnel without a destination): the container answers.
-FROM_OUTSIDE = 1 << 24
 
 # Models whose traffic also enters from a VLAN trunk or a tunnel (see FROM_OUTSIDE).
 OUTSIDE_MODELS = frozenset({NetworkModel.VLAN, NetworkModel.VXLAN})
@@ -544,6 +543,35 @@ def local_networks(
     ]
 
 
+def service_classify_flows(
+    networks: Sequence[Network],
+    endpoints: Sequence[Endpoint],
+    ports: Mapping[str, int],
+    policy: Policy,
+) -> list[Flow]:
+    """A service container (the ``via`` of a redirect) forwards others' packets: from its
+    port (its own MAC), IPv4 with any source enters its network, marked FROM_SERVICE."""
+    names = service_names(policy)
+    by_id = {n.id: n for n in networks}
+    flows: list[Flow] = []
+    for endpoint in endpoints:
+        network = by_id.get(endpoint.network_id)
+        port = ports.get(endpoint.port_name)
+        if endpoint.container_name not in names or network is None or port is None:
+            continue
+        flows.append(
+            Flow.make(
+                int(Table.CLASSIFY),
+                SERVICE_PRIORITY,
+                {"in_port": port, "eth_src": endpoint.mac.lower(), "eth_type": ETH_TYPE_IPV4},
+                write_metadata=(network.key | FROM_SERVICE, NETWORK_KEY_MASK | FROM_SERVICE),
+                goto=int(Table.QUARANTINE),
+                cookie=cookie(CookieKind.ENDPOINT, endpoint.id),
+            )
+        )
+    return flows
+
+
 def _check_key(network: Network) -> None:
     if not 0 <= network.key <= NETWORK_KEY_MAX:
         raise ValueError(f"network {network.id}: key {network.key} out of 0..{NETWORK_KEY_MAX}")
@@ -620,6 +648,8 @@ def compute_bridge(
         n.options.get(ACL_DEFAULT_OPTION) for n in networks
     ):
         out.add_flows(acl_flows(networks, endpoints, policy or Policy()), "the ACL rules")
+    if policy is not None and policy.steering:
+        out.add_flows(service_classify_flows(networks, endpoints, ports, policy), "services")
     host = networks[0].host if networks else None
     meters: list[Meter] = []
     if policy is not None and policy.steering and host is not None:

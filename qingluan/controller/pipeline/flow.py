@@ -34,6 +34,13 @@ CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0
 # OpenFlow metadata bits that carry the network key.
 NETWORK_KEY_MASK = 0x0000_0000_00FF_FFFF
 NETWORK_KEY_MAX = NETWORK_KEY_MASK
+# Metadata bits beside the network key. FROM_OUTSIDE: the packet entered from the VLAN
+# trunk or a tunnel; ARP requests with it are not answered from the table (the answer
+# would leave untagged, or into the tunnel without a destination): the container
+# answers. FROM_SERVICE: it came from a service container that forwards others'
+# traffic (steering redirect): it is not redirected again.
+FROM_OUTSIDE = 1 << 24
+FROM_SERVICE = 1 << 25
 
 
 class CookieKind(IntEnum):

@@ -23,10 +23,13 @@ from qingluan.controller.pipeline.acl import (
     port_clause,
 )
 from qingluan.controller.pipeline.flow import (
+    FROM_OUTSIDE,
+    FROM_SERVICE,
     Action,
     Conjunction,
     CookieKind,
     Flow,
+    MatchValue,
     Meter,
     Output,
     SetField,
@@ -63,6 +66,7 @@ def rule_flows(
     actions: tuple[Action, ...] = ()
     goto: int | None = int(Table.ARP)
     meter: Meter | None = None
+    extra_match: dict[str, MatchValue] = {}
     if rule.action is SteeringAction.DROP:
         goto = None
     elif rule.action is SteeringAction.RATE_LIMIT:
@@ -71,6 +75,13 @@ def rule_flows(
         if rule.dscp is None:
             raise ValueError(f"steering rule {rule.id}: dscp without a value")
         actions = (SetField("ip_dscp", rule.dscp),)
+    elif rule.action is SteeringAction.REDIRECT:
+        service = next((e for e in local if e.container_name == rule.via), None)
+        port = ports.get(service.port_name) if service is not None else None
+        if service is None or port is None:
+            return []  # no instance of the service on this host: traffic passes
+        actions, goto = (SetField("eth_dst", service.mac.lower()), Output(port)), None
+        extra_match = {"metadata": (0, FROM_OUTSIDE | FROM_SERVICE)}
     else:
         port = mirror_port(rule, host, local, ports)
         if port is None:
@@ -96,6 +107,7 @@ def rule_flows(
         goto=goto,
         owner=cookie(CookieKind.STEERING, rule.id),
         conj_id=conjunction_id("steering:" + rule.id),
+        extra=extra_match,
     )
     if meter is None:
         return flows
@@ -143,3 +155,8 @@ def steering_flows(
     for rule in sorted(policy.steering, key=lambda r: -r.priority):
         flows.extend(rule_flows(rule, host, local, ports, policy))
     return flows
+
+
+def service_names(policy: Policy) -> set[str]:
+    """Containers that redirect rules send traffic through: they may forward others'."""
+    return {r.via for r in policy.steering if r.action is SteeringAction.REDIRECT and r.via}
