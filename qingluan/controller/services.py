@@ -810,8 +810,9 @@ class Services(StoreState):
                 raise InvalidRequest(
                     f"mirror_container: unknown container {body.mirror_container!r}"
                 )
-            if body.via is not None and not any(e.container_name == body.via for e in endpoints):
-                raise InvalidRequest(f"via: unknown container {body.via!r}")
+            for name in (n.strip() for n in (body.via or "").split(",")):
+                if name and not any(e.container_name == name for e in endpoints):
+                    raise InvalidRequest(f"via: unknown container {name!r}")
             if body.mirror_host is not None and _load(tx, host_key(body.mirror_host), Host) is None:
                 raise InvalidRequest(f"mirror_host: unknown host {body.mirror_host!r}")
             low, high = body.port_range()

@@ -399,32 +399,40 @@ def forwarded(host: SimHost, container: str) -> int:
     return int(values[head.index("ForwDatagrams")])
 
 
-def test_steering_redirects_through_a_service_container(steering: Rig) -> None:
-    """web -> db (other host) is sent through the service fw on web's host, which routes it
-    on: its forwarding counter proves the packets passed; cli's traffic goes direct."""
+def run_service(host: SimHost, name: str) -> None:
+    """A container that routes what it receives on (a stand-in for a firewall or an IDS)."""
+    host.docker("run", "-d", "--name", name, "--network", "vx",
+                "--sysctl", "net.ipv4.ip_forward=1",
+                "--sysctl", "net.ipv4.conf.all.send_redirects=0",
+                "--sysctl", "net.ipv4.conf.default.send_redirects=0",
+                "--sysctl", "net.ipv4.conf.eth0.send_redirects=0",
+                "qingluan/busybox", "sleep", "600")  # fmt: skip
+
+
+def test_steering_redirects_through_a_chain_of_service_containers(steering: Rig) -> None:
+    """web -> db (other host) goes through fw1 then fw2 on web's host, which route it on:
+    their forwarding counters prove every packet passed both; cli's traffic goes direct."""
     h1 = steering.host("h1")
-    h1.docker("run", "-d", "--name", "fw", "--network", "vx",
-              "--sysctl", "net.ipv4.ip_forward=1",
-              "--sysctl", "net.ipv4.conf.all.send_redirects=0",
-              "--sysctl", "net.ipv4.conf.default.send_redirects=0",
-              "--sysctl", "net.ipv4.conf.eth0.send_redirects=0",
-              "qingluan/busybox", "sleep", "600")  # fmt: skip
+    for name in ("fw1", "fw2"):
+        run_service(h1, name)
     try:
         wait_until(
-            lambda: any(e["container_name"] == "fw" for e in steering.stack.get("/v1/endpoints")),
+            lambda: (
+                {"fw1", "fw2"} <= {e["container_name"] for e in steering.stack.get("/v1/endpoints")}
+            ),
             20,
-            "fw's name at the controller",
+            "the services' names at the controller",
         )
         steer(steering, "add", "--src", "container=web", "--dst", "container=db",
-              "--action", "redirect", "--via", "fw", "--priority", "14")  # fmt: skip
-        before = forwarded(h1, "fw")
+              "--action", "redirect", "--via", "fw1,fw2", "--priority", "14")  # fmt: skip
+        before = {n: forwarded(h1, n) for n in ("fw1", "fw2")}
         assert pings(h1, "web", steering.ips["db"], count=5)
         assert connects(h1, "web", steering.ips["db"])
-        through = forwarded(h1, "fw") - before
-        assert through >= 5, through
+        through = {n: forwarded(h1, n) - before[n] for n in ("fw1", "fw2")}
+        assert through["fw1"] >= 5 and through["fw2"] >= 5, through
         assert pings(h1, "cli", steering.ips["db"], count=3)
-        assert forwarded(h1, "fw") - before - through < 3  # cli's packets did not pass fw
+        assert forwarded(h1, "fw1") - before["fw1"] - through["fw1"] < 3  # cli went direct
     finally:
         for rule in steering.stack.get("/v1/steering"):
             steer(steering, "rm", rule["id"])
-        h1.docker("rm", "-f", "fw")
+        h1.docker("rm", "-f", "fw1", "fw2")

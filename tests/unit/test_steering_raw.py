@@ -143,3 +143,22 @@ def test_a_redirect_without_a_local_service_lets_traffic_pass() -> None:
     rule = SteeringRule(id="via", priority=8, action=SteeringAction.REDIRECT, via="elsewhere")
     st, _, _ = state(steering=(rule,))
     assert not [f for f in st.flows if f.cookie == cookie(CookieKind.STEERING, "via")]
+
+
+def test_hop_two_of_a_chain_takes_what_came_from_hop_one() -> None:
+    from qingluan.controller.pipeline.steering import SERVICE_MASK, service_index, service_metadata
+
+    rule = SteeringRule(id="c", priority=8, src=AclSelector(container="a"),
+                        action=SteeringAction.REDIRECT, via="a,mon")  # fmt: skip
+    st, _, _ = state(steering=(rule,))
+    hops = sorted(
+        (f for f in st.flows if f.cookie == cookie(CookieKind.STEERING, "c")),
+        key=lambda f: f.match_dict()["metadata"],
+    )
+    assert [f.actions[-1] for f in hops] == [Output(2), Output(3)]
+    index = service_index(Policy((), (), (), (rule,)))
+    came = hops[1].match_dict()["metadata"]
+    assert came == (
+        service_metadata(index["a"]) | FROM_SERVICE,
+        FROM_OUTSIDE | FROM_SERVICE | SERVICE_MASK,
+    )

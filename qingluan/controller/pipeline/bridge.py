@@ -47,7 +47,13 @@ from qingluan.controller.pipeline.flow import (
     cookie,
 )
 from qingluan.controller.pipeline.raw import raw_flows
-from qingluan.controller.pipeline.steering import service_names, steering_flows, steering_meters
+from qingluan.controller.pipeline.steering import (
+    SERVICE_MASK,
+    service_index,
+    service_metadata,
+    steering_flows,
+    steering_meters,
+)
 from qingluan.controller.pipeline.tables import (
     PASS_THROUGH_PRIORITY,
     PIPELINE,
@@ -551,20 +557,22 @@ def service_classify_flows(
 ) -> list[Flow]:
     """A service container (the ``via`` of a redirect) forwards others' packets: from its
     port (its own MAC), IPv4 with any source enters its network, marked FROM_SERVICE."""
-    names = service_names(policy)
+    index = service_index(policy)
     by_id = {n.id: n for n in networks}
     flows: list[Flow] = []
     for endpoint in endpoints:
         network = by_id.get(endpoint.network_id)
         port = ports.get(endpoint.port_name)
-        if endpoint.container_name not in names or network is None or port is None:
+        number = index.get(endpoint.container_name or "")
+        if number is None or network is None or port is None:
             continue
+        mark = FROM_SERVICE | service_metadata(number)
         flows.append(
             Flow.make(
                 int(Table.CLASSIFY),
                 SERVICE_PRIORITY,
                 {"in_port": port, "eth_src": endpoint.mac.lower(), "eth_type": ETH_TYPE_IPV4},
-                write_metadata=(network.key | FROM_SERVICE, NETWORK_KEY_MASK | FROM_SERVICE),
+                write_metadata=(network.key | mark, NETWORK_KEY_MASK | FROM_SERVICE | SERVICE_MASK),
                 goto=int(Table.QUARANTINE),
                 cookie=cookie(CookieKind.ENDPOINT, endpoint.id),
             )

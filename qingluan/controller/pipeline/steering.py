@@ -39,6 +39,8 @@ from qingluan.controller.pipeline.tables import Table
 from qingluan.model import Endpoint, SteeringAction, SteeringRule
 
 STEERING_BASE = 100  # table STEERING: a rule's priority is this plus its own
+SERVICE_SHIFT = 32  # metadata bits 32-39: the service container a packet came from
+SERVICE_MASK = 0xFF << SERVICE_SHIFT
 
 
 def mirror_port(
@@ -66,7 +68,6 @@ def rule_flows(
     actions: tuple[Action, ...] = ()
     goto: int | None = int(Table.ARP)
     meter: Meter | None = None
-    extra_match: dict[str, MatchValue] = {}
     if rule.action is SteeringAction.DROP:
         goto = None
     elif rule.action is SteeringAction.RATE_LIMIT:
@@ -76,28 +77,15 @@ def rule_flows(
             raise ValueError(f"steering rule {rule.id}: dscp without a value")
         actions = (SetField("ip_dscp", rule.dscp),)
     elif rule.action is SteeringAction.REDIRECT:
-        service = next((e for e in local if e.container_name == rule.via), None)
-        port = ports.get(service.port_name) if service is not None else None
-        if service is None or port is None:
-            return []  # no instance of the service on this host: traffic passes
-        actions, goto = (SetField("eth_dst", service.mac.lower()), Output(port)), None
-        extra_match = {"metadata": (0, FROM_OUTSIDE | FROM_SERVICE)}
+        return _redirect(rule, local, ports, policy)
     else:
         port = mirror_port(rule, host, local, ports)
         if port is None:
             return []
         actions = (Output(port),)
-    clauses: list[Clause] = []
-    for name, selector in (("ipv4_src", rule.src), ("ipv4_dst", rule.dst)):
-        found = peer_addresses(selector, policy)
-        if found is None:
-            continue
-        if not found:
-            return []  # that side names nobody (yet)
-        clauses.append([(name, value) for value in found])
-    ports_clause = port_clause(rule.protocol, rule.port_min, rule.port_max)
-    if ports_clause is not None:
-        clauses.append(ports_clause)
+    clauses = rule_clauses(rule, policy)
+    if clauses is None:
+        return []
     flows = conjunctive(
         int(Table.STEERING),
         STEERING_BASE + rule.priority,
@@ -107,7 +95,6 @@ def rule_flows(
         goto=goto,
         owner=cookie(CookieKind.STEERING, rule.id),
         conj_id=conjunction_id("steering:" + rule.id),
-        extra=extra_match,
     )
     if meter is None:
         return flows
@@ -116,6 +103,74 @@ def rule_flows(
         f if any(isinstance(a, Conjunction) for a in f.actions) else _metered(f, meter.meter_id)
         for f in flows
     ]
+
+
+def rule_clauses(rule: SteeringRule, policy: Policy) -> list[Clause] | None:
+    """The rule's address and port clauses; None when a side names nobody (yet)."""
+    clauses: list[Clause] = []
+    for name, selector in (("ipv4_src", rule.src), ("ipv4_dst", rule.dst)):
+        found = peer_addresses(selector, policy)
+        if found is None:
+            continue
+        if not found:
+            return None
+        clauses.append([(name, value) for value in found])
+    ports_clause = port_clause(rule.protocol, rule.port_min, rule.port_max)
+    if ports_clause is not None:
+        clauses.append(ports_clause)
+    return clauses
+
+
+def chain(rule: SteeringRule) -> list[str]:
+    """The service containers of a redirect, in order (``via`` is ``fw`` or ``fw,ids``)."""
+    return [name.strip() for name in (rule.via or "").split(",") if name.strip()]
+
+
+def service_index(policy: Policy) -> dict[str, int]:
+    """A number (1-255) per service container name, carried in metadata bits 32-39."""
+    names = sorted({n for r in policy.steering for n in chain(r)})
+    if len(names) > 255:
+        raise ValueError(f"{len(names)} service containers in redirects: at most 255")
+    return {name: i for i, name in enumerate(names, start=1)}
+
+
+def service_metadata(index: int) -> int:
+    return index << SERVICE_SHIFT
+
+
+def _redirect(
+    rule: SteeringRule, local: Sequence[Endpoint], ports: Mapping[str, int], policy: Policy
+) -> list[Flow]:
+    """Hop k sends to service k what came from service k-1 (hop 0: from an ordinary
+    local port). A hop whose service has no instance here is skipped on this host:
+    after the previous one (or from the start) the traffic goes on as usual."""
+    clauses = rule_clauses(rule, policy)
+    if clauses is None:
+        return []
+    index = service_index(policy)
+    flows: list[Flow] = []
+    services = chain(rule)
+    for hop, name in enumerate(services):
+        service = next((e for e in local if e.container_name == name), None)
+        port = ports.get(service.port_name) if service is not None else None
+        if service is None or port is None:
+            continue
+        if hop == 0:
+            came: MatchValue = (0, FROM_OUTSIDE | FROM_SERVICE)
+        else:
+            previous = service_metadata(index[services[hop - 1]]) | FROM_SERVICE
+            came = (previous, FROM_OUTSIDE | FROM_SERVICE | SERVICE_MASK)
+        flows += conjunctive(
+            int(Table.STEERING),
+            STEERING_BASE + rule.priority,
+            {**l4_base(rule.protocol, None), "metadata": came},
+            clauses,
+            (SetField("eth_dst", service.mac.lower()), Output(port)),
+            goto=None,
+            owner=cookie(CookieKind.STEERING, rule.id),
+            conj_id=conjunction_id(f"steering:{rule.id}:{hop}"),
+        )
+    return flows
 
 
 def _metered(flow: Flow, meter_id: int) -> Flow:
@@ -159,4 +214,4 @@ def steering_flows(
 
 def service_names(policy: Policy) -> set[str]:
     """Containers that redirect rules send traffic through: they may forward others'."""
-    return {r.via for r in policy.steering if r.action is SteeringAction.REDIRECT and r.via}
+    return {n for r in policy.steering if r.action is SteeringAction.REDIRECT for n in chain(r)}
