@@ -87,7 +87,8 @@ awk '{ for (i = 7; $i != "-"; i++) if ($i ~ /^shared:/) { print $5; break } }' \
     /proc/self/mountinfo |
 while read -r mp; do
     mp=$(printf '%b' "$mp")
-    [ "$mp" = "$netns" ] || mount --make-private "$mp"
+    # another instance's mount may vanish meanwhile (its rig is being torn down)
+    [ "$mp" = "$netns" ] || mount --make-private "$mp" 2>/dev/null || [ ! -d "$mp" ]
 done
 mount --bind "$plugins" /run/docker/plugins
 shift 2
