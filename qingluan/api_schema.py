@@ -357,10 +357,13 @@ class SteeringCreate(Body):
                 f"rate_kbps: only a rate_limit rule has a rate (action is {self.action})"
             )
         if self.action is SteeringAction.MIRROR:
-            by_container = self.mirror_container is not None and self.mirror_host is None
-            by_port = self.mirror_container is None and None not in mirror[1:]
-            if by_container == by_port or (by_container and self.mirror_port is not None):
-                raise ValueError("mirror: give mirror_container, or mirror_host with mirror_port")
+            by_container = self.mirror_container is not None
+            by_port = self.mirror_port is not None
+            if by_container == by_port or (by_container and self.mirror_host is not None):
+                raise ValueError(
+                    "mirror: give mirror_container, or mirror_port (on mirror_host, or on "
+                    "every host)"
+                )
         elif any(m is not None for m in mirror):
             raise ValueError(f"mirror_*: only a mirror rule has a mirror (action is {self.action})")
         return self

@@ -207,9 +207,11 @@ class SteeringAction(StrEnum):
 
 class SteeringRule(Frozen):
     """Traffic steering: for IPv4 matching ``src``/``dst``/protocol/ports (anywhere in
-    the cluster, on whichever host it passes), drop it, mark its DSCP, or copy it to
-    a mirror: a container (``mirror_container``, on its host) or a port of one host's
-    bridge (``mirror_host`` + ``mirror_port``). Higher ``priority`` wins (unique)."""
+    the cluster, on whichever host it passes), drop it, mark its DSCP, rate-limit it,
+    send it through service containers (``via``), or copy it to a mirror: a container
+    (``mirror_container``, on its host) or a bridge port (``mirror_port``: of
+    ``mirror_host``, or of every host, e.g. each host's IDS port). Higher ``priority``
+    wins (unique)."""
 
     id: str
     priority: int

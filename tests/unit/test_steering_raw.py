@@ -99,8 +99,12 @@ def test_raw_matches_are_checked(match: dict[str, int | str], message: str) -> N
     [
         ({"action": "dscp"}, "a dscp rule needs the value"),
         ({"action": "drop", "dscp": 4}, "only a dscp rule marks"),
-        ({"action": "mirror"}, "give mirror_container, or mirror_host with mirror_port"),
-        ({"action": "mirror", "mirror_host": "h1"}, "give mirror_container, or mirror_host"),
+        ({"action": "mirror"}, "give mirror_container, or mirror_port"),
+        ({"action": "mirror", "mirror_host": "h1"}, "give mirror_container, or mirror_port"),
+        (
+            {"action": "mirror", "mirror_container": "m", "mirror_host": "h1"},
+            "give mirror_container, or mirror_port",
+        ),
         ({"action": "drop", "mirror_container": "m"}, "only a mirror rule has a mirror"),
         ({"action": "drop", "protocol": "icmp", "ports": "1"}, "only tcp and udp rules"),
         ({"action": "redirect"}, "a redirect rule names its service container"),
@@ -162,3 +166,14 @@ def test_hop_two_of_a_chain_takes_what_came_from_hop_one() -> None:
         service_metadata(index["a"]) | FROM_SERVICE,
         FROM_OUTSIDE | FROM_SERVICE | SERVICE_MASK,
     )
+
+
+def test_a_mirror_port_without_a_host_is_every_hosts_port_of_that_name() -> None:
+    rule = SteeringRule(id="ids", priority=4, action=SteeringAction.MIRROR, mirror_port="ids0")
+    a = ep(N1, 1)
+    policy = Policy((), (N1,), (a,), (rule,))
+    st = compute_bridge([N1], [a], {a.port_name: 2, "ids0": 7}, policy=policy)
+    [flow] = [f for f in st.flows if f.cookie == cookie(CookieKind.STEERING, "ids")]
+    assert flow.actions == (Output(7),) and flow.goto == int(Table.ARP)
+    bare = compute_bridge([N1], [a], {a.port_name: 2}, policy=policy)  # no such port here
+    assert not [f for f in bare.flows if f.cookie == cookie(CookieKind.STEERING, "ids")]

@@ -52,8 +52,8 @@ def mirror_port(
             if endpoint.container_name == rule.mirror_container:
                 return ports.get(endpoint.port_name)
         return None
-    if rule.mirror_host == host and rule.mirror_port is not None:
-        return ports.get(rule.mirror_port)
+    if rule.mirror_port is not None and rule.mirror_host in (None, host):
+        return ports.get(rule.mirror_port)  # no host named: that port on every host
     return None
 
 
