@@ -53,11 +53,22 @@ def cmd_driver(args: argparse.Namespace) -> int:
     return 0
 
 
-def _get(url: str) -> object:
+def _call(
+    method: str,
+    url: str,
+    *,
+    body: object = None,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> object:
+    """One REST call; exits with the controller's error (``{"error"}``) or why it failed."""
     import httpx
 
     try:
-        reply = httpx.get(url, timeout=10.0)
+        reply = httpx.request(
+            method, url, json=body, params=params, headers=headers, timeout=timeout
+        )
     except httpx.HTTPError as exc:
         raise SystemExit(f"qingluan: cannot reach the controller at {url}: {exc}") from None
     if reply.status_code >= 400:
@@ -66,7 +77,11 @@ def _get(url: str) -> object:
         except ValueError:
             message = reply.text
         raise SystemExit(f"qingluan: {message}")
-    return reply.json()
+    return reply.json() if reply.content else None
+
+
+def _get(url: str) -> object:
+    return _call("GET", url)
 
 
 def _send(
@@ -78,31 +93,18 @@ def _send(
     params: dict[str, str] | None = None,
 ) -> object:
     """An authenticated call (the token from ``--token-file``); exits with the error."""
-    import httpx
-
     try:
         token = args.token_file.read_text().strip()
     except OSError as exc:
         raise SystemExit(f"qingluan: cannot read the API token {args.token_file}: {exc}") from None
-    url = f"{_controller_url(args)}/v1{path}"
-    try:
-        reply = httpx.request(
-            method,
-            url,
-            json=body,
-            params=params,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=60.0,
-        )
-    except httpx.HTTPError as exc:
-        raise SystemExit(f"qingluan: cannot reach the controller at {url}: {exc}") from None
-    if reply.status_code >= 400:
-        try:
-            message = reply.json().get("error", reply.text)
-        except ValueError:
-            message = reply.text
-        raise SystemExit(f"qingluan: {message}")
-    return reply.json() if reply.content else None
+    return _call(
+        method,
+        f"{_controller_url(args)}/v1{path}",
+        body=body,
+        params=params,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60.0,
+    )
 
 
 def cmd_host_rm(args: argparse.Namespace) -> int:
@@ -125,6 +127,19 @@ def parse_selector(text: str | None) -> dict[str, str] | None:
     return {kind: value}
 
 
+def _add_given(body: dict[str, object], args: argparse.Namespace, keys: Sequence[str]) -> None:
+    """The optional flags that were given, and the ``--src``/``--dst`` selectors (if the
+    command has them)."""
+    for key in keys:
+        value = getattr(args, key)
+        if value is not None:
+            body[key] = value
+    for side in ("src", "dst"):
+        selector = parse_selector(getattr(args, side, None))
+        if selector is not None:
+            body[side] = selector
+
+
 def cmd_acl_add(args: argparse.Namespace) -> int:
     body: dict[str, object] = {
         "direction": args.direction,
@@ -134,14 +149,7 @@ def cmd_acl_add(args: argparse.Namespace) -> int:
         "stateful": not args.stateless,
         "description": args.description,
     }
-    for key in ("id", "scope", "ports", "icmp_type"):
-        value = getattr(args, key)
-        if value is not None:
-            body[key] = value
-    for side in ("src", "dst"):
-        selector = parse_selector(getattr(args, side))
-        if selector is not None:
-            body[side] = selector
+    _add_given(body, args, ("id", "scope", "ports", "icmp_type"))
     rule = _send(args, "POST", "/acls", body=body)
     assert isinstance(rule, dict)
     print(f"ACL rule {rule['id']} added")
@@ -167,14 +175,7 @@ def cmd_steer_add(args: argparse.Namespace) -> int:
     }
     keys = ("id", "ports", "dscp", "rate_kbps", "burst_kbits", "mirror_container", "mirror_host",
             "mirror_port", "via")  # fmt: skip
-    for key in keys:
-        value = getattr(args, key)
-        if value is not None:
-            body[key] = value
-    for side in ("src", "dst"):
-        selector = parse_selector(getattr(args, side))
-        if selector is not None:
-            body[side] = selector
+    _add_given(body, args, keys)
     rule = _send(args, "POST", "/steering", body=body)
     assert isinstance(rule, dict)
     print(f"steering rule {rule['id']} added")
@@ -209,10 +210,7 @@ def cmd_raw_add(args: argparse.Namespace) -> int:
         "action": args.action,
         "description": args.description,
     }
-    for key in ("id", "host", "set_dscp"):
-        value = getattr(args, key)
-        if value is not None:
-            body[key] = value
+    _add_given(body, args, ("id", "host", "set_dscp"))
     flow = _send(args, "POST", "/rawflows", body=body)
     assert isinstance(flow, dict)
     print(f"raw flow {flow['id']} added")
