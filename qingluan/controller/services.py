@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from qingluan import names
 from qingluan.api_schema import (
     AclCreate,
+    AclSelectorBody,
     AddressReply,
     AddressRequest,
     EndpointCreate,
@@ -625,7 +626,7 @@ class Services(StoreState):
             # the other hosts learn the new endpoint before Join returns: replies from
             # their containers are tunnelled back from the first packet
             self._converge_neighbours(endpoint.host)
-        if created and self._acls_exist():
+        if created and self._policy_exists():
             self._converge_others(endpoint.host)  # rules elsewhere may name its address
         return EndpointStatus(endpoint=endpoint, flows_confirmed=True), created
 
@@ -669,7 +670,7 @@ class Services(StoreState):
             endpoint.container_name,
             endpoint.labels,
         )
-        if named and self._acls_exist():
+        if named and self._policy_exists():
             self._converge_all()  # a rule naming the container or a label now applies
         return updated
 
@@ -685,7 +686,7 @@ class Services(StoreState):
         self._converge_soon(endpoint.host)
         if network is not None and network.model is NetworkModel.VXLAN:
             self._converge_neighbours(endpoint.host)
-        if self._acls_exist():
+        if self._policy_exists():
             self._converge_others(endpoint.host)
 
     # ---- ACLs ----------------------------------------------------------------
@@ -701,7 +702,7 @@ class Services(StoreState):
             if other.name != host:
                 self._converge_soon(other.name)
 
-    def _acls_exist(self) -> bool:
+    def _policy_exists(self) -> bool:
         return bool(self._store.scan(ACLS)) or bool(self._store.scan(STEERING))
 
     def create_acl(self, body: AclCreate) -> AclRule:
@@ -721,14 +722,7 @@ class Services(StoreState):
                 )
             if body.scope is not None and not any(names_network(n, body.scope) for n in networks):
                 raise InvalidRequest(f"scope: unknown network {body.scope!r}")
-            selectors = {}
-            for side in ("src", "dst"):
-                given = getattr(body, side)
-                if given is None:
-                    continue
-                selector = AclSelector(**given.model_dump())
-                _check_selector(side, selector, networks, endpoints)
-                selectors[side] = selector
+            selectors = _selectors(body.src, body.dst, networks, endpoints)
             low, high = body.port_range()
             rule = AclRule(
                 id=rule_id,
@@ -746,14 +740,27 @@ class Services(StoreState):
                 description=body.description,
             )
             tx.put(acl_key(rule_id), rule)
+        self._converge_all_or_undo(acl_key(rule_id))
+        return rule
+
+    def _converge_all_or_undo(self, key: str) -> None:
+        """Every bridge takes the policy object just stored at ``key``; if one cannot, the
+        object goes again (and the bridges with it), so nothing is half-applied."""
         try:
             self._converge_all_confirmed()
         except Exception:
             with self._store.transaction() as tx:
-                tx.delete(acl_key(rule_id))
+                tx.delete(key)
             self._converge_all()
             raise
-        return rule
+
+    def _delete_policy(self, key: str, cls: type[BaseModel]) -> None:
+        """Remove the policy object at ``key`` (unknown: fine), then converge every bridge."""
+        with self._store.transaction() as tx:
+            if _load(tx, key, cls) is None:
+                return
+            tx.delete(key)
+        self._converge_all_confirmed()
 
     def _converge_all_confirmed(self) -> None:
         for host in _all(self._store, HOSTS, Host):
@@ -773,11 +780,7 @@ class Services(StoreState):
 
     def delete_acl(self, rule_id: str) -> None:
         """Remove one rule (unknown: fine) and converge every bridge."""
-        with self._store.transaction() as tx:
-            if _load(tx, acl_key(rule_id), AclRule) is None:
-                return
-            tx.delete(acl_key(rule_id))
-        self._converge_all_confirmed()
+        self._delete_policy(acl_key(rule_id), AclRule)
 
     # ---- steering --------------------------------------------------------------
 
@@ -797,13 +800,7 @@ class Services(StoreState):
                     f"priority {body.priority} is already steering rule {taken.id}: every "
                     "rule has its own priority"
                 )
-            selectors = {}
-            for side in ("src", "dst"):
-                given = getattr(body, side)
-                if given is not None:
-                    selector = AclSelector(**given.model_dump())
-                    _check_selector(side, selector, networks, endpoints)
-                    selectors[side] = selector
+            selectors = _selectors(body.src, body.dst, networks, endpoints)
             if body.mirror_container is not None and not any(
                 e.container_name == body.mirror_container for e in endpoints
             ):
@@ -835,24 +832,14 @@ class Services(StoreState):
                 description=body.description,
             )
             tx.put(STEERING + rule_id, rule)
-        try:
-            self._converge_all_confirmed()
-        except Exception:
-            with self._store.transaction() as tx:
-                tx.delete(STEERING + rule_id)
-            self._converge_all()
-            raise
+        self._converge_all_or_undo(STEERING + rule_id)
         return rule
 
     def list_steering(self) -> list[SteeringRule]:
         return sorted(_all(self._store, STEERING, SteeringRule), key=lambda r: -r.priority)
 
     def delete_steering(self, rule_id: str) -> None:
-        with self._store.transaction() as tx:
-            if _load(tx, STEERING + rule_id, SteeringRule) is None:
-                return
-            tx.delete(STEERING + rule_id)
-        self._converge_all_confirmed()
+        self._delete_policy(STEERING + rule_id, SteeringRule)
 
     # ---- raw flows -------------------------------------------------------------
 
@@ -887,24 +874,14 @@ class Services(StoreState):
                 description=body.description,
             )
             tx.put(RAWFLOWS + flow_id, flow)
-        try:
-            self._converge_all_confirmed()
-        except Exception:
-            with self._store.transaction() as tx:
-                tx.delete(RAWFLOWS + flow_id)
-            self._converge_all()
-            raise
+        self._converge_all_or_undo(RAWFLOWS + flow_id)
         return flow
 
     def list_raw_flows(self) -> list[RawFlow]:
         return sorted(_all(self._store, RAWFLOWS, RawFlow), key=lambda f: (-f.priority, f.id))
 
     def delete_raw_flow(self, flow_id: str) -> None:
-        with self._store.transaction() as tx:
-            if _load(tx, RAWFLOWS + flow_id, RawFlow) is None:
-                return
-            tx.delete(RAWFLOWS + flow_id)
-        self._converge_all_confirmed()
+        self._delete_policy(RAWFLOWS + flow_id, RawFlow)
 
     # ---- status --------------------------------------------------------------
 
@@ -946,6 +923,22 @@ def _next_id(prefix: str, taken: Iterable[str]) -> str:
     while f"{prefix}-{n}" in used:
         n += 1
     return f"{prefix}-{n}"
+
+
+def _selectors(
+    src: AclSelectorBody | None,
+    dst: AclSelectorBody | None,
+    networks: Sequence[Network],
+    endpoints: Sequence[Endpoint],
+) -> dict[str, AclSelector]:
+    """A rule's given selectors, each checked against the cluster."""
+    out: dict[str, AclSelector] = {}
+    for side, given in (("src", src), ("dst", dst)):
+        if given is not None:
+            selector = AclSelector(**given.model_dump())
+            _check_selector(side, selector, networks, endpoints)
+            out[side] = selector
+    return out
 
 
 def _check_selector(
