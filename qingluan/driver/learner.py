@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -45,6 +45,8 @@ from qingluan.errors import InvalidRequest, QingluanError, Unavailable
 from qingluan.model import Endpoint, Network
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_DOCKER_HOST = "unix:///run/docker.sock"
 DOCKER_API_VERSION = "v1.41"  # Docker 20.10; newer daemons still serve it
@@ -143,8 +145,8 @@ class DockerApi:
     def close(self) -> None:
         self._http.close()
 
-    def inspect_network(self, network_id: str) -> DockerNetworkInfo | None:
-        url = f"/{DOCKER_API_VERSION}/networks/{quote(network_id, safe='')}"
+    def _get(self, url: str, model: type[M]) -> M | None:
+        """GET ``url`` as ``model``; None for a 404, ``Unavailable`` if Docker cannot say."""
         try:
             reply = self._http.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
@@ -157,11 +159,17 @@ class DockerApi:
             text = reply.text.strip()[:200]
             raise Unavailable(f"the Docker API answered GET {url} with {reply.status_code}: {text}")
         try:
-            body = _DockerNetwork.model_validate_json(reply.content)
+            return model.model_validate_json(reply.content)
         except ValidationError as exc:
             raise QingluanError(
                 f"unexpected answer of the Docker API to GET {url}: {exc}"
             ) from None
+
+    def inspect_network(self, network_id: str) -> DockerNetworkInfo | None:
+        url = f"/{DOCKER_API_VERSION}/networks/{quote(network_id, safe='')}"
+        body = self._get(url, _DockerNetwork)
+        if body is None:
+            return None
         members = {cid: c for cid, c in (body.containers or {}).items() if c.endpoint_id and c.name}
         containers = {c.endpoint_id: c.name.lstrip("/") for c in members.values()}
         ids = {c.endpoint_id: cid for cid, c in members.items()}
@@ -169,24 +177,8 @@ class DockerApi:
 
     def container_labels(self, container_id: str) -> dict[str, str] | None:
         url = f"/{DOCKER_API_VERSION}/containers/{quote(container_id, safe='')}/json"
-        try:
-            reply = self._http.get(url, headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
-            raise Unavailable(
-                f"the Docker API at {self.docker_host} is not reachable ({exc})"
-            ) from None
-        if reply.status_code == 404:
-            return None
-        if reply.status_code >= 400:
-            text = reply.text.strip()[:200]
-            raise Unavailable(f"the Docker API answered GET {url} with {reply.status_code}: {text}")
-        try:
-            body = _DockerContainerInfo.model_validate_json(reply.content)
-        except ValidationError as exc:
-            raise QingluanError(
-                f"unexpected answer of the Docker API to GET {url}: {exc}"
-            ) from None
-        return dict(body.config.labels or {})
+        body = self._get(url, _DockerContainerInfo)
+        return None if body is None else dict(body.config.labels or {})
 
 
 # ---- the learner ---------------------------------------------------------------
