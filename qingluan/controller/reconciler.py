@@ -455,7 +455,7 @@ class Reconciler:
             conn = self._conns.get(host_obj.dpid)
         if conn is None:
             return FlowDump(host=host, connected=False, flows=[], groups=[])
-        flows, groups = self._read(conn, time.monotonic() + timeout)
+        flows, groups, _ = self._read(conn, time.monotonic() + timeout)
         flows.sort(key=lambda e: (e.flow.table, -e.flow.priority, ofvocab.render_flow(e.flow)))
         groups.sort(key=lambda e: e.group.group_id)
         return FlowDump(
@@ -547,8 +547,7 @@ class Reconciler:
             groups = [SwitchGroup(g) for g in known.groups]
             meters = [SwitchMeter(m) for m in known.meters]
         else:
-            flows, groups = self._read(conn, deadline)
-            meters = self._read_meters(conn, deadline)
+            flows, groups, meters = self._read(conn, deadline, meters=True)
         todo = plan(desired, flows, groups, meters)
         for text in todo.undeletable:
             log.warning("host %s: cannot delete a flow with a match not understood: %s", host, text)
@@ -659,19 +658,19 @@ class Reconciler:
             raise SwitchRejected(f"datapath {conn.dpid:016x} refused the {what}: {waiter.error}")
         return waiter
 
-    def _read_meters(self, conn: _Connection, deadline: float) -> list[SwitchMeter]:
-        xid = self._send(conn, MeterConfigRequest(), watch=False)
-        return self._collect(conn, xid, deadline, "meter dump").meters
-
     def _read(
-        self, conn: _Connection, deadline: float
-    ) -> tuple[list[SwitchFlow], list[SwitchGroup]]:
-        """Every flow and group the switch holds (both dumps in flight at once)."""
+        self, conn: _Connection, deadline: float, *, meters: bool = False
+    ) -> tuple[list[SwitchFlow], list[SwitchGroup], list[SwitchMeter]]:
+        """Every flow and group (and, with ``meters``, meter) the switch holds; the dumps
+        are in flight at once."""
         flows_xid = self._send(conn, FlowStatsRequest(), watch=False)
         groups_xid = self._send(conn, GroupDescRequest(), watch=False)
+        meters_xid = self._send(conn, MeterConfigRequest(), watch=False) if meters else None
         flows = self._collect(conn, flows_xid, deadline, "flow dump").flows
         groups = self._collect(conn, groups_xid, deadline, "group dump").groups
-        return flows, groups
+        if meters_xid is None:
+            return flows, groups, []
+        return flows, groups, self._collect(conn, meters_xid, deadline, "meter dump").meters
 
     def _apply(self, conn: _Connection, host: Host, todo: Plan, deadline: float) -> int:
         sent = 0
