@@ -20,10 +20,12 @@ from qingluan.model import (
     DatapathType,
     Endpoint,
     Host,
+    IdsAction,
     Network,
     NetworkModel,
     Pool,
     PortMapping,
+    QuarantineScope,
     RawFlowAction,
     SteeringAction,
 )
@@ -206,6 +208,9 @@ class NetworkCreate(Body):
 
 class NetworkUpdate(Body):
     name: Name | None = None
+    ids: bool | None = Field(
+        default=None, description="whether the host's IDS inspects the network (--opt ids)"
+    )
 
 
 # ---- endpoints -------------------------------------------------------------
@@ -395,3 +400,42 @@ class RawFlowCreate(Body):
         if self.set_dscp is not None and self.match.get("eth_type", 0x0800) != 0x0800:
             raise ValueError("set_dscp: only IPv4 can be marked")
         return self
+
+
+# ---- intrusion detection -----------------------------------------------------------
+
+SEVERITY_MIN, SEVERITY_MAX = 1, 255
+QUARANTINE_MAX_SECONDS = 30 * 24 * 3600
+
+
+class IdsPolicyCreate(Body):
+    """``POST /v1/ids/policies``: what to do with the alerts it matches (see
+    ``qingluan.model.IdsPolicy``)."""
+
+    id: Name | None = Field(default=None, description="a name for the policy; generated if absent")
+    priority: int = Field(default=100, ge=1, le=4000)
+    signature_id: int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
+    max_severity: int | None = Field(default=None, ge=SEVERITY_MIN, le=SEVERITY_MAX)
+    action: IdsAction
+    scope: QuarantineScope = QuarantineScope.ENDPOINT
+    duration: int = Field(default=300, ge=0, le=QUARANTINE_MAX_SECONDS)
+    description: str = Field(default="", max_length=255)
+
+
+class AlertReport(Body):
+    """``POST /v1/ids/alerts``: one alert of a host's IDS, as its driver forwards it."""
+
+    host: Name
+    source: str = Field(default="suricata", pattern=r"^(suricata|snort)$")
+    timestamp: str | None = Field(default=None, max_length=64)
+    src_ip: IPv4
+    src_port: int | None = Field(default=None, ge=0, le=65535)
+    dest_ip: IPv4
+    dest_port: int | None = Field(default=None, ge=0, le=65535)
+    proto: str = Field(default="", max_length=16)
+    signature_id: int = Field(ge=0, le=0xFFFFFFFF)
+    gid: int = Field(default=1, ge=0, le=0xFFFFFFFF)
+    rev: int = Field(default=0, ge=0, le=0xFFFFFFFF)
+    signature: str = Field(default="", max_length=1024)
+    category: str = Field(default="", max_length=255)
+    severity: int = Field(default=3, ge=SEVERITY_MIN, le=SEVERITY_MAX)

@@ -248,3 +248,135 @@ class RawFlow(Frozen):
     action: RawFlowAction
     set_dscp: int | None = None
     description: str = ""
+
+
+# ---- intrusion detection -----------------------------------------------------
+
+IDS_OPTION = "ids"  # network option (``--opt ids=true``): its traffic is mirrored to the IDS
+
+
+class QuarantineScope(StrEnum):
+    """What a quarantine drops: everything the endpoint sends, or one 5-tuple of it."""
+
+    ENDPOINT = "endpoint"
+    FLOW = "flow"
+
+
+class IdsAction(StrEnum):
+    LOG = "log"
+    QUARANTINE = "quarantine"
+
+
+class IdsPolicy(Frozen):
+    """What to do with an IDS alert: the highest-priority policy that matches decides.
+
+    A policy matches an alert with its ``signature_id`` (if set) and a severity of
+    at most ``max_severity`` (if set; 1 is the most severe, as in Suricata and
+    Snort). A policy with neither matches every alert. No policy matching: log.
+    """
+
+    id: str
+    priority: int
+    signature_id: int | None = None
+    max_severity: int | None = None
+    action: IdsAction
+    scope: QuarantineScope = QuarantineScope.ENDPOINT
+    duration: int = Field(default=300, description="seconds a quarantine lasts; 0: until lifted")
+    description: str = ""
+
+
+class Quarantine(Frozen):
+    """An endpoint (or one of its flows) whose traffic the pipeline drops.
+
+    Dropped on the endpoint's own bridge, in table QUARANTINE, before anything
+    else sees the packet. ``scope=flow`` drops only IPv4 from the endpoint's
+    address matching ``protocol``, ``ipv4_dst`` and the ports that are set.
+    """
+
+    id: str
+    endpoint_id: str
+    host: str
+    network_id: str
+    mac: str
+    address: str
+    scope: QuarantineScope
+    protocol: AclProtocol = AclProtocol.ANY
+    ipv4_dst: str | None = None
+    src_port: int | None = None
+    dst_port: int | None = None
+    reason: str = ""
+    policy_id: str | None = None
+    signature_id: int | None = None
+    severity: int | None = None
+    alerts: int = Field(default=1, description="alerts that led to or refreshed it")
+    created_at: float = Field(description="unix time")
+    expires_at: float | None = Field(default=None, description="unix time; None: until lifted")
+    confirm_seconds: float | None = Field(
+        default=None, description="alert received -> drop flow confirmed by the bridge"
+    )
+
+
+class IdsAlert(Frozen):
+    """One alert as a host's IDS reported it (Suricata EVE or Snort alert_unixsock)."""
+
+    host: str
+    source: str = Field(default="suricata", description="suricata or snort")
+    timestamp: str | None = None
+    src_ip: str
+    src_port: int | None = None
+    dest_ip: str
+    dest_port: int | None = None
+    proto: str = ""
+    signature_id: int
+    gid: int = 1
+    rev: int = 0
+    signature: str = ""
+    category: str = ""
+    severity: int = 3
+
+
+class AlertOutcome(Frozen):
+    """What the controller did with one alert."""
+
+    alert: IdsAlert
+    action: IdsAction
+    policy_id: str | None = None
+    quarantine: Quarantine | None = None
+    reason: str = Field(default="", description="why nothing more was done, if so")
+    received_at: float
+    confirm_seconds: float | None = None
+
+
+# ---- monitoring ----------------------------------------------------------------
+
+
+class SflowSettings(Frozen):
+    enabled: bool = True
+    targets: tuple[str, ...] = Field(
+        default=(),
+        description="host:port collectors; empty: the controller's embedded collector",
+    )
+    sampling: int = Field(default=400, ge=1, le=1 << 24, description="1-in-N packets")
+    polling: int = Field(default=10, ge=1, le=3600, description="seconds between counter samples")
+    header: int = Field(default=128, ge=64, le=256, description="bytes of each sampled header")
+
+
+class NetflowSettings(Frozen):
+    targets: tuple[str, ...] = Field(default=(), description="host:port; empty: off")
+    active_timeout: int = Field(default=60, ge=-1, le=3600)
+
+
+class IpfixSettings(Frozen):
+    targets: tuple[str, ...] = Field(default=(), description="host:port; empty: off")
+    sampling: int = Field(default=400, ge=1, le=1 << 24)
+
+
+class MonitoringSettings(Frozen):
+    """What every host's driver configures on its bridge (OVSDB sFlow, NetFlow, IPFIX)."""
+
+    sflow: SflowSettings = Field(default_factory=SflowSettings)
+    netflow: NetflowSettings = Field(default_factory=NetflowSettings)
+    ipfix: IpfixSettings = Field(default_factory=IpfixSettings)
+    collector_port: int = Field(
+        default=6343, ge=1, le=65535, description="the embedded sFlow collector's UDP port"
+    )

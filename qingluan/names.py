@@ -23,6 +23,10 @@ TUNNEL_PORT = "qltun"
 # the underlay bridge of the userspace datapath: the underlay NIC, the VTEP address
 UNDERLAY_BRIDGE = "br-qlphy"
 
+# the IDS mirror: this end on the bridge, the peer is where the IDS (Suricata) listens
+IDS_PORT = "qlids0"
+IDS_PEER = "qlids1"
+
 ID_CHARS = IFNAME_MAX - 3
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response, Security
@@ -45,7 +46,11 @@ from qingluan.api_schema import (
     Status,
     SteeringCreate,
 )
+from qingluan.controller.api_ids import ids_router
 from qingluan.controller.auth import bearer_token, token_matches
+from qingluan.controller.ids import IdsService
+from qingluan.controller.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from qingluan.controller.metrics import Metrics
 from qingluan.controller.services import Services
 from qingluan.errors import QingluanError, Unauthorized
 from qingluan.model import AclRule, Endpoint, Network, Pool, RawFlow, SteeringRule
@@ -221,8 +226,18 @@ class RequireToken:
 # ---- the app -----------------------------------------------------------------
 
 
-def create_app(services: Services, token: str) -> FastAPI:
-    """The REST API over ``services``; state-changing calls need ``token``."""
+def create_app(
+    services: Services,
+    token: str,
+    *,
+    ids: IdsService | None = None,
+    metrics: Metrics | None = None,
+    extra: Sequence[RouterFactory] = (),
+) -> FastAPI:
+    """The REST API over ``services``; state-changing calls need ``token``. With
+    ``ids``, the IDS routes; with ``metrics``, ``GET /metrics`` and REST latencies;
+    ``extra`` adds more routers (e.g. monitoring), each built with the auth dependency
+    and the error responses."""
     if not token:
         raise ValueError("the API token must not be empty")
     app = FastAPI(
@@ -517,4 +532,29 @@ def create_app(services: Services, token: str) -> FastAPI:
         return Response(status_code=204)
 
     app.include_router(router)
+    if ids is not None:
+        app.include_router(ids_router(ids, auth, _ERRORS))
+    for factory in extra:
+        app.include_router(factory(auth, _ERRORS))
+    if metrics is not None:
+        _install_metrics(app, metrics)
     return app
+
+
+RouterFactory = Callable[[Sequence[Any], dict[int | str, Any]], APIRouter]
+
+
+def _install_metrics(app: FastAPI, metrics: Metrics) -> None:
+    @app.middleware("http")
+    async def _timed(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.rest(request.method, str(path), response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics", include_in_schema=True, tags=["metrics"])
+    def get_metrics() -> Response:
+        """Prometheus metrics (text format); see docs/monitoring.md."""
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)

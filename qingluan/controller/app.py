@@ -142,6 +142,21 @@ class QingluanApp(app_manager.OSKenApp):  # type: ignore[misc]  # os-ken is unty
             switch, ev.msg.xid, meters, ofvocab.reply_has_more(ev.msg)
         )
 
+    @_on(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
+    def _port_stats(self, ev: Any) -> None:
+        switch = self._switches.get(ev.msg.datapath)
+        if switch is None:
+            return
+        try:
+            counters = [ofvocab.parse_port_stats(s) for s in ev.msg.body]
+        except Exception as exc:
+            log.exception("datapath %016x: unreadable port stats", switch.dpid)
+            self._reconciler.error_reply(switch, ev.msg.xid, f"unreadable port stats: {exc}")
+            return
+        self._reconciler.port_stats_reply(
+            switch, ev.msg.xid, counters, ofvocab.reply_has_more(ev.msg)
+        )
+
     @_on(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _group_desc(self, ev: Any) -> None:
         switch = self._switches.get(ev.msg.datapath)

@@ -17,10 +17,13 @@ from qingluan.controller.api import create_app
 from qingluan.controller.app import start_openflow
 from qingluan.controller.auth import load_or_create_token
 from qingluan.controller.config import ControllerConfig, parse_pool_ranges
+from qingluan.controller.ids import IdsService, QuarantineKeeper
+from qingluan.controller.metrics import ClusterView, Metrics
 from qingluan.controller.pipeline import compute_bridge
 from qingluan.controller.reconciler import Reconciler
 from qingluan.controller.services import Services, StoreState
 from qingluan.controller.store import SqliteStore
+from qingluan.model import Endpoint, Network
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +48,24 @@ def run_controller(config: ControllerConfig) -> None:
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = load_or_create_token(config.token_path)
     store = SqliteStore.in_state_dir(config.state_dir)
+    metrics = Metrics()
     reconciler = Reconciler(
         StoreState(store),
         compute_bridge,
         resync_interval=config.resync_interval or None,
+        on_reconcile=metrics.reconcile,
     )
     services = Services.from_config(store, reconciler, config)
+    ids = IdsService(store, reconciler, converge_timeout=config.converge_timeout, observer=metrics)
+    metrics.quarantines_active(len(ids.list_quarantines()))
+    keeper = QuarantineKeeper(ids)
+    metrics.watch_cluster(cluster_view(services, reconciler))
     try:
         start_openflow(reconciler, config.openflow_host, config.openflow_port)
+        keeper.start()
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(services, token),
+                create_app(services, token, ids=ids, metrics=metrics),
                 host=config.api_host,
                 port=config.api_port,
                 log_level="warning",
@@ -65,5 +75,29 @@ def run_controller(config: ControllerConfig) -> None:
         log.info("REST API on %s", config.api_url)
         server.run()
     finally:
+        keeper.close()
         reconciler.close()
         store.close()
+
+
+def cluster_view(services: Services, reconciler: Reconciler) -> ClusterView:
+    """What ``/metrics`` reads at each scrape."""
+
+    def hosts() -> list[str]:
+        return [h.host.name for h in services.list_hosts()]
+
+    def sizes(host: str) -> tuple[int, int]:
+        m = reconciler.metrics(host)
+        return m.desired_flows, m.desired_groups
+
+    def endpoints() -> list[tuple[Endpoint, Network | None]]:
+        networks = {n.id: n for n in services.list_networks()}
+        return [(e, networks.get(e.network_id)) for e in services.list_endpoints()]
+
+    return ClusterView(
+        hosts=hosts,
+        connected=reconciler.is_connected,
+        bridge_sizes=sizes,
+        endpoints=endpoints,
+        port_counters=reconciler.port_counters,
+    )

@@ -329,6 +329,11 @@ class MeterConfigRequest:
     """Every meter's configuration."""
 
 
+@dataclass(frozen=True)
+class PortStatsRequest:
+    """Every port's counters."""
+
+
 Request = (
     FlowAdd
     | FlowDelete
@@ -343,6 +348,7 @@ Request = (
     | GroupDescRequest
     | MeterConfigRequest
     | PortDescRequest
+    | PortStatsRequest
 )
 
 
@@ -506,6 +512,8 @@ def to_message(datapath: Datapath, request: Request) -> Message:
         )
     if isinstance(request, MeterConfigRequest):
         return parser.OFPMeterConfigStatsRequest(datapath, 0, ofp.OFPM_ALL)
+    if isinstance(request, PortStatsRequest):
+        return parser.OFPPortStatsRequest(datapath, 0, ofp.OFPP_ANY)
     if isinstance(request, Barrier):
         return parser.OFPBarrierRequest(datapath)
     if isinstance(request, FlowStatsRequest):
@@ -684,6 +692,31 @@ def parse_flow_stats(stats: Any) -> SwitchFlow:
         packets=int(stats.packet_count),
         bytes=int(stats.byte_count),
         match_understood=match_understood,
+    )
+
+
+@dataclass(frozen=True)
+class PortCounters:
+    """One port's counters as the switch counts them (rx: what the port sent in)."""
+
+    port_no: int
+    rx_packets: int
+    tx_packets: int
+    rx_bytes: int
+    tx_bytes: int
+    rx_dropped: int
+    tx_dropped: int
+
+
+def parse_port_stats(stats: Any) -> PortCounters:
+    return PortCounters(
+        port_no=int(stats.port_no),
+        rx_packets=int(stats.rx_packets),
+        tx_packets=int(stats.tx_packets),
+        rx_bytes=int(stats.rx_bytes),
+        tx_bytes=int(stats.tx_bytes),
+        rx_dropped=int(stats.rx_dropped),
+        tx_dropped=int(stats.tx_dropped),
     )
 
 

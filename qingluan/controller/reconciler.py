@@ -53,7 +53,9 @@ from qingluan.controller.ofvocab import (
     MeterConfigRequest,
     MeterDelete,
     MeterModify,
+    PortCounters,
     PortReason,
+    PortStatsRequest,
     Request,
     SwitchFlow,
     SwitchGroup,
@@ -246,6 +248,7 @@ class _Waiter:
     flows: list[SwitchFlow] = field(default_factory=list)
     groups: list[SwitchGroup] = field(default_factory=list)
     meters: list[SwitchMeter] = field(default_factory=list)
+    ports: list[PortCounters] = field(default_factory=list)
     done: bool = False
     error: str | None = None
 
@@ -287,7 +290,11 @@ class Reconciler:
         resync_interval: float | None = 30.0,
         background_timeout: float = 30.0,
         workers: int = 4,
+        on_reconcile: Callable[[str, str, float | None], None] | None = None,
     ) -> None:
+        """``on_reconcile(host, trigger, seconds)`` hears of every reconcile (seconds
+        None: it failed), e.g. for the metrics."""
+        self._on_reconcile = on_reconcile
         self._state = state
         self._compute = compute
         self._resync_interval = resync_interval
@@ -403,6 +410,16 @@ class Reconciler:
                 waiter.done = not more
                 self._cond.notify_all()
 
+    def port_stats_reply(
+        self, switch: Switch, xid: int, counters: Sequence[PortCounters], more: bool
+    ) -> None:
+        with self._cond:
+            waiter = self._waiter(switch, xid)
+            if waiter is not None:
+                waiter.ports.extend(counters)
+                waiter.done = not more
+                self._cond.notify_all()
+
     def barrier_reply(self, switch: Switch, xid: int) -> None:
         with self._cond:
             waiter = self._waiter(switch, xid)
@@ -474,6 +491,19 @@ class Reconciler:
         full: bool = False,
     ) -> ReconcileResult:
         return self._converge(host, timeout, require_ports, "verify" if full else "request")
+
+    def port_counters(self, host: str, *, timeout: float = 2.0) -> dict[str, PortCounters]:
+        """Port name -> counters of the host's bridge now ({} if it is not connected)."""
+        dpid = self._dpid_or_none(host)
+        with self._cond:
+            conn = self._conns.get(dpid) if dpid is not None else None
+        if conn is None:
+            return {}
+        xid = self._send(conn, PortStatsRequest(), watch=False)
+        counters = self._collect(conn, xid, time.monotonic() + timeout, "port stats").ports
+        with self._cond:
+            names = {number: name for name, number in conn.ports.items()}
+        return {names[c.port_no]: c for c in counters if c.port_no in names}
 
     def metrics(self, host: str) -> HostMetrics:
         with self._cond:
@@ -567,6 +597,8 @@ class Reconciler:
 
     def _record(self, host: str, trigger: str, outcome: _Outcome) -> None:
         result, todo, desired = outcome.result, outcome.plan, outcome.desired
+        if self._on_reconcile is not None:
+            self._on_reconcile(host, trigger, result.seconds)
         with self._cond:
             old = self._metrics.get(host, HostMetrics(host))
             self._metrics[host] = HostMetrics(
@@ -597,6 +629,8 @@ class Reconciler:
             )
 
     def _record_failure(self, host: str, trigger: str, exc: BaseException) -> None:
+        if self._on_reconcile is not None:
+            self._on_reconcile(host, trigger, None)
         with self._cond:
             old = self._metrics.get(host, HostMetrics(host))
             self._metrics[host] = HostMetrics(

@@ -56,6 +56,7 @@ from qingluan.controller.pipeline.acl import names_network
 from qingluan.controller.store import KeyValue, Store
 from qingluan.errors import Conflict, InvalidRequest, NotFound, QingluanError, Unavailable
 from qingluan.model import (
+    IDS_OPTION,
     AclRule,
     AclSelector,
     Allocation,
@@ -64,6 +65,7 @@ from qingluan.model import (
     Network,
     NetworkModel,
     Pool,
+    Quarantine,
     RawFlow,
     SteeringRule,
 )
@@ -78,6 +80,7 @@ ENDPOINTS = "endpoints/"
 ACLS = "acls/"
 STEERING = "steering/"
 RAWFLOWS = "rawflows/"
+QUARANTINES = "quarantines/"  # written by qingluan.controller.ids
 
 DEFAULT_MTU = 1500
 # A VXLAN header costs 50 bytes of a 1500-byte underlay; the driver, which
@@ -207,11 +210,19 @@ class StoreState:
             rules = _all(tx, ACLS, AclRule)
             steering = _all(tx, STEERING, SteeringRule)
             raw = _all(tx, RAWFLOWS, RawFlow)
-            if not rules and not steering and not raw:
+            quarantines = _all(tx, QUARANTINES, Quarantine)
+            if not rules and not steering and not raw and not quarantines:
                 return Policy()
             networks = _all(tx, NETWORKS, Network)
             endpoints = _all(tx, ENDPOINTS, Endpoint)
-        return Policy(tuple(rules), tuple(networks), tuple(endpoints), tuple(steering), tuple(raw))
+        return Policy(
+            tuple(rules),
+            tuple(networks),
+            tuple(endpoints),
+            tuple(steering),
+            tuple(raw),
+            tuple(quarantines),
+        )
 
     def peers(self, host: str) -> list[Peer]:
         with self._store.transaction() as tx:
@@ -535,12 +546,20 @@ class Services(StoreState):
         return self._network(self._store, network_id)
 
     def update_network(self, network_id: str, body: NetworkUpdate) -> Network:
-        """Record what Docker knows and the driver learns later (the network's name)."""
+        """Record what Docker knows and the driver learns later (the network's name), or
+        turn IDS inspection on or off (then the network's bridge is converged)."""
         with self._store.transaction() as tx:
             network = self._network(tx, network_id)
+            before = network
             if body.name is not None and body.name != network.name:
                 network = network.model_copy(update={"name": body.name})
+            if body.ids is not None:
+                options = {**network.options, IDS_OPTION: "true" if body.ids else "false"}
+                network = network.model_copy(update={"options": options})
+            if network != before:
                 tx.put(network_key(network_id), network)
+        if network.options.get(IDS_OPTION) != before.options.get(IDS_OPTION):
+            self._converge_soon(network.host)
         return network
 
     def delete_network(self, network_id: str) -> None:

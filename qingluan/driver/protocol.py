@@ -32,7 +32,7 @@ from qingluan.api_schema import (
     PoolRequest,
 )
 from qingluan.errors import InvalidRequest
-from qingluan.model import NetworkModel, PortMapping, Protocol
+from qingluan.model import IDS_OPTION, NetworkModel, PortMapping, Protocol
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 
@@ -357,6 +357,15 @@ def parse_network_options(options: Mapping[str, Any]) -> NetworkOptions:
         if value not in ("true", "false"):
             raise InvalidRequest(f"--opt {NAT_OPTION}={raw_nat}: say true or false")
         opts[NAT_OPTION] = value
+    raw_ids = opts.get(IDS_OPTION)
+    if raw_ids is not None:
+        value = raw_ids.strip().lower()
+        if value not in ("true", "false"):
+            raise InvalidRequest(
+                f"--opt {IDS_OPTION}={raw_ids}: say true or false (whether the host's IDS "
+                "inspects the network's traffic)"
+            )
+        opts[IDS_OPTION] = value
     return NetworkOptions(model=model, vni=vni, mtu=mtu, internal=internal, extra=opts)
 
 

@@ -106,6 +106,10 @@ def test_unknown_model_names_the_choices():
     assert str(exc.value) == "unknown network model 'bogus' (choose nonat, nat, flat, vlan, vxlan)"
 
 
+def test_ids_option_is_kept_normalised():
+    assert p.parse_network_options(net_opts(model="nat", ids="True")).extra["ids"] == "true"
+
+
 @pytest.mark.parametrize(
     ("generic", "message"),
     [
@@ -121,6 +125,11 @@ def test_unknown_model_names_the_choices():
             {"model": "nat", "acl_default": "block"},
             "--opt acl_default=block: say allow or deny (what the network's ACLs do with "
             "traffic no rule matches)",
+        ),
+        (
+            {"model": "nat", "ids": "yes please"},
+            "--opt ids=yes please: say true or false (whether the host's IDS inspects the "
+            "network's traffic)",
         ),
         (
             {"model": "nat", "nat": "true"},

@@ -51,6 +51,7 @@ from qingluan.model import (
     AclSelector,
     Endpoint,
     Network,
+    Quarantine,
     RawFlow,
     SteeringRule,
 )
@@ -85,6 +86,7 @@ class Policy:
     endpoints: tuple[Endpoint, ...] = ()  # every host's
     steering: tuple[SteeringRule, ...] = ()
     raw: tuple[RawFlow, ...] = ()
+    quarantines: tuple[Quarantine, ...] = ()
 
 
 # ---- resolving selectors ----------------------------------------------------------------

@@ -46,6 +46,7 @@ from qingluan.controller.pipeline.flow import (
     SetField,
     cookie,
 )
+from qingluan.controller.pipeline.quarantine import ids_mirror_flows, quarantine_flows
 from qingluan.controller.pipeline.raw import raw_flows
 from qingluan.controller.pipeline.steering import (
     SERVICE_MASK,
@@ -666,4 +667,7 @@ def compute_bridge(
         meters = steering_meters(steered, policy)
     if policy is not None and policy.raw and host is not None:
         out.add_flows(raw_flows(host, policy.raw), "the raw flows")
+    if policy is not None and policy.quarantines and host is not None:
+        out.add_flows(quarantine_flows(host, policy.quarantines, networks), "the quarantines")
+    out.add_flows(ids_mirror_flows(networks, ports), "the IDS mirror")
     return out.state(meters)

@@ -52,6 +52,7 @@ class CookieKind(IntEnum):
     ACL = 0x04  # per ACL rule
     STEERING = 0x05  # per steering rule
     EXPERT = 0x06  # per raw flow
+    QUARANTINE = 0x07  # per quarantine (IDS)
 
 
 COOKIE_KIND_SHIFT = 56

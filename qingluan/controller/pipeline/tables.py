@@ -80,8 +80,9 @@ PIPELINE: dict[Table, TableSpec] = {
         ),
         TableSpec(
             Table.QUARANTINE,
-            "drop traffic of quarantined endpoints (reserved)",
-            frozenset({"metadata", "eth_src"}) | _L3,
+            "drop what quarantined endpoints (or their flows) send; copy the packets of "
+            "inspected networks (ids=true) to the IDS port",
+            frozenset({"metadata", "eth_src", "tcp_src", "udp_src"}) | _L3,
             Table.ACL,
         ),
         TableSpec(
