@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements.txt requirements-dev.txt pyproject.toml
 APT_PACKAGES := openvswitch-switch docker.io iperf3 iptables busybox-static ethtool conntrack \
-	iproute2 procps psmisc
+	iproute2 procps psmisc pmacct
 # only needed to create the venv on a bare Debian/Ubuntu (ensurepip is split out there)
 VENV_PACKAGE := python3-venv
 PYTEST_ARGS ?=
@@ -45,6 +45,7 @@ endef
 
 deps:
 	@$(call apt_install_missing,$(APT_PACKAGES))
+	@scripts/install-suricata
 	@echo "system packages: present"
 
 venv: $(STAMP)

@@ -439,3 +439,72 @@ class AlertReport(Body):
     signature: str = Field(default="", max_length=1024)
     category: str = Field(default="", max_length=255)
     severity: int = Field(default=3, ge=SEVERITY_MIN, le=SEVERITY_MAX)
+
+
+# ---- monitoring ----------------------------------------------------------------------
+
+
+class ThresholdCreate(Body):
+    """``POST /v1/monitoring/thresholds``: see ``qingluan.model.Threshold``."""
+
+    id: Name | None = None
+    metric: str = Field(default="bytes", pattern="^(bytes|packets)$")
+    value: float = Field(gt=0, le=1e12, description="bytes or packets per second, per flow")
+    protocol: AclProtocol = AclProtocol.ANY
+    action: str = Field(pattern="^(drop|rate_limit)$")
+    rate_kbps: int | None = Field(default=None, ge=8, le=100_000_000)
+    burst_kbits: int | None = Field(default=None, ge=1, le=100_000_000)
+    quiet_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    window: float = Field(default=5.0, ge=1, le=60)
+
+    @model_validator(mode="after")
+    def _rate(self) -> ThresholdCreate:
+        if (self.action == "rate_limit") != (self.rate_kbps is not None):
+            raise ValueError("rate_kbps: a rate_limit threshold needs it, and only it")
+        if self.burst_kbits is not None and self.action != "rate_limit":
+            raise ValueError("burst_kbits: only for rate_limit")
+        return self
+
+
+class FlowView(Body):
+    """One flow the embedded collector estimates, attributed to the cluster."""
+
+    host: str | None
+    agent: str
+    network: str | None
+    network_id: str | None
+    endpoint_src: str | None
+    container_src: str | None
+    endpoint_dst: str | None
+    container_dst: str | None
+    eth_src: str
+    eth_dst: str
+    ipv4_src: str | None
+    ipv4_dst: str | None
+    protocol: str | None
+    src_port: int | None
+    dst_port: int | None
+    input_port: str | None
+    bytes: int
+    packets: int
+    bytes_per_second: float
+    packets_per_second: float
+
+
+class InterfaceView(Body):
+    """One bridge port's rates from its sFlow counter samples."""
+
+    host: str | None
+    agent: str
+    if_index: int
+    port_name: str | None
+    of_port: int | None
+    endpoint: str | None
+    container: str | None
+    network: str | None
+    in_bps: float
+    out_bps: float
+    in_pps: float
+    out_pps: float
+    in_octets: int
+    out_octets: int

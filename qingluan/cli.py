@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from qingluan.cli_monitoring import add_monitoring_commands
+
 DEFAULT_API = "http://127.0.0.1:6680"
 DEFAULT_STATE_DIR = Path("/var/lib/qingluan")
 
@@ -278,6 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="address range of a named pool, e.g. nat=10.128.0.0/16 (repeatable)",
     )
     ctl.add_argument("--resync-interval", type=float, default=30.0, metavar="SECONDS")
+    ctl.add_argument(
+        "--sflow-host", default=None, help="sFlow collector address (default: --openflow-host)"
+    )
+    ctl.add_argument(
+        "--sflow-port", type=int, default=6343, help="sFlow collector UDP port (0: none)"
+    )
+    ctl.add_argument(
+        "--sflow-rt", default=None, metavar="URL", help="take threshold events from sFlow-RT"
+    )
+    ctl.add_argument(
+        "--sflow-rt-config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="sFlow-RT flows, thresholds and reactions (YAML; default: built in)",
+    )
     ctl.add_argument("--log-level", default="info")
     ctl.set_defaults(func=cmd_controller)
 
@@ -330,8 +348,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="local Docker API, asked for network and container names (default: env "
         "DOCKER_HOST if it is unix://..., else unix:///run/docker.sock)",
     )
+    drv.add_argument(
+        "--ids",
+        choices=("suricata", "snort"),
+        default=None,
+        help="inspect ids=true networks: suricata (started and supervised by the driver on "
+        "the mirror port qlids1) or snort (yours: alert_unixsock into --ids-dir)",
+    )
+    drv.add_argument(
+        "--ids-rules",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="Suricata rule file (repeatable; default: qingluan's example rules)",
+    )
+    drv.add_argument(
+        "--ids-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the IDS sockets, config and logs (default /run/qingluan/ids)",
+    )
+    drv.add_argument(
+        "--sflow-agent",
+        default=None,
+        metavar="DEV|IP",
+        help="sFlow agent address or device (default: the route towards the collector)",
+    )
     drv.add_argument("--log-level", default="info")
     drv.set_defaults(func=cmd_driver)
+
+    add_monitoring_commands(sub, _add_controller_arg)
 
     st = sub.add_parser("status", help="hosts, networks and endpoints")
     _add_controller_arg(st)

@@ -8,9 +8,11 @@ pipeline cannot change under it.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class Frozen(BaseModel):
@@ -350,9 +352,24 @@ class AlertOutcome(Frozen):
 # ---- monitoring ----------------------------------------------------------------
 
 
+def _check_target(value: str) -> str:
+    """``IP:PORT`` or ``[IPv6]:PORT``, as OVSDB's collector columns take them."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not a collector like 192.0.2.10:6343 (IP:PORT)")
+    try:
+        ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        raise ValueError(f"{value!r}: {host!r} is not an IP address") from None
+    return value
+
+
+Targets = Annotated[tuple[Annotated[str, AfterValidator(_check_target)], ...], Field()]
+
+
 class SflowSettings(Frozen):
     enabled: bool = True
-    targets: tuple[str, ...] = Field(
+    targets: Targets = Field(
         default=(),
         description="host:port collectors; empty: the controller's embedded collector",
     )
@@ -362,12 +379,12 @@ class SflowSettings(Frozen):
 
 
 class NetflowSettings(Frozen):
-    targets: tuple[str, ...] = Field(default=(), description="host:port; empty: off")
+    targets: Targets = Field(default=(), description="host:port; empty: off")
     active_timeout: int = Field(default=60, ge=-1, le=3600)
 
 
 class IpfixSettings(Frozen):
-    targets: tuple[str, ...] = Field(default=(), description="host:port; empty: off")
+    targets: Targets = Field(default=(), description="host:port; empty: off")
     sampling: int = Field(default=400, ge=1, le=1 << 24)
 
 
@@ -380,3 +397,19 @@ class MonitoringSettings(Frozen):
     collector_port: int = Field(
         default=6343, ge=1, le=65535, description="the embedded sFlow collector's UDP port"
     )
+
+
+class Threshold(Frozen):
+    """A flow-rate threshold of the embedded collector and what crossing it does: an
+    automatic steering rule (drop, or rate-limit to ``rate_kbps``) for the flow, removed
+    once the flow stayed under it for ``quiet_seconds``."""
+
+    id: str
+    metric: str = Field(default="bytes", pattern="^(bytes|packets)$")
+    value: float = Field(gt=0, description="per second, per flow")
+    protocol: AclProtocol = AclProtocol.ANY
+    action: str = Field(pattern="^(drop|rate_limit)$")
+    rate_kbps: int | None = None
+    burst_kbits: int | None = None
+    quiet_seconds: float = 30.0
+    window: float = Field(default=5.0, description="seconds the rate is measured over")

@@ -60,6 +60,28 @@ class ControllerConfig(BaseModel):
     resync_interval: float = Field(
         default=30.0, ge=0, le=3600, description="seconds between full resyncs (0: never)"
     )
+    sflow_host: str | None = Field(
+        default=None, description="embedded sFlow collector address (default: openflow_host)"
+    )
+    sflow_port: int = Field(default=6343, ge=0, le=65535, description="0: no collector")
+    sflow_rt_url: str | None = Field(
+        default=None, description="sFlow-RT REST API to take threshold events from"
+    )
+    sflow_rt_config: Path | None = Field(
+        default=None, description="sFlow-RT flows, thresholds and reactions (YAML)"
+    )
+
+    @field_validator("sflow_host")
+    @classmethod
+    def _check_sflow_host(cls, value: str | None) -> str | None:
+        return None if value is None else _listen_host(value)
+
+    @field_validator("sflow_rt_url")
+    @classmethod
+    def _check_rt_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+(/.*)?$", value):
+            raise ValueError(f"{value!r} is not an http(s) URL like http://127.0.0.1:8008")
+        return value
 
     @field_validator("api_host", "openflow_host")
     @classmethod

@@ -26,6 +26,7 @@ from qingluan.api_schema import (
     API_PREFIX,
     AddressReply,
     AddressRequest,
+    AlertReport,
     EndpointCreate,
     EndpointStatus,
     EndpointUpdate,
@@ -48,7 +49,7 @@ from qingluan.errors import (
     Unauthorized,
     Unavailable,
 )
-from qingluan.model import Endpoint, Network, Pool
+from qingluan.model import AlertOutcome, Endpoint, MonitoringSettings, Network, Pool
 
 log = logging.getLogger(__name__)
 
@@ -295,3 +296,11 @@ class HttpControllerClient:
             missing_ok=True,
             timeout=self._endpoint_timeout,
         )
+
+    # ---- monitoring and IDS ----
+
+    def monitoring_settings(self) -> MonitoringSettings:
+        return self._json(self._send("GET", "/monitoring/settings"), MonitoringSettings)
+
+    def report_alert(self, body: AlertReport) -> AlertOutcome:
+        return self._json(self._send("POST", "/ids/alerts", body=body), AlertOutcome)

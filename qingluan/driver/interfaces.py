@@ -16,6 +16,7 @@ from typing import NamedTuple, Protocol
 from qingluan.api_schema import (
     AddressReply,
     AddressRequest,
+    AlertReport,
     EndpointCreate,
     EndpointStatus,
     EndpointUpdate,
@@ -25,7 +26,7 @@ from qingluan.api_schema import (
     PoolReply,
     PoolRequest,
 )
-from qingluan.model import DatapathType, Endpoint, Network, Pool
+from qingluan.model import AlertOutcome, DatapathType, Endpoint, MonitoringSettings, Network, Pool
 
 
 class NetworkCreated(NamedTuple):
@@ -72,6 +73,10 @@ class ControllerClient(Protocol):
     def update_endpoint(self, endpoint_id: str, body: EndpointUpdate) -> Endpoint: ...
 
     def delete_endpoint(self, endpoint_id: str) -> None: ...
+
+    def monitoring_settings(self) -> MonitoringSettings: ...
+
+    def report_alert(self, body: AlertReport) -> AlertOutcome: ...
 
 
 @dataclass
@@ -151,6 +156,14 @@ class HostOps(Protocol):
         """The underlay is as the last sync left it (cheap: one netlink look-up);
         True without an underlay."""
         ...
+
+    def apply_monitoring(
+        self, settings: MonitoringSettings, controller_url: str, agent: str | None = None
+    ) -> None:
+        """The bridge exports sFlow/NetFlow/IPFIX exactly as ``settings`` say."""
+
+    def ensure_ids_port(self) -> str:
+        """The IDS mirror port on the bridge; returns the device the IDS reads."""
 
     def warm_tunnels(self, addresses: Sequence[str]) -> None:
         """Make the datapath resolve these other hosts' underlay addresses now, so

@@ -36,6 +36,13 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
     except ValueError as exc:
         raise SystemExit(f"qingluan driver: {exc}") from None
     nic = getattr(args, "underlay_nic", None)
+    rules = tuple(Path(r) for r in (getattr(args, "ids_rules", None) or []))
+    for rule_file in rules:
+        if not rule_file.is_file():
+            raise SystemExit(f"qingluan driver: --ids-rules {rule_file}: no such file")
+    if rules and getattr(args, "ids", None) != "suricata":
+        raise SystemExit("qingluan driver: --ids-rules is for --ids suricata")
+    agent = getattr(args, "sflow_agent", None)
     return DriverConfig(
         host=str(get("host_name", socket.gethostname())),
         controller_url=str(get("controller", os.environ.get("QINGLUAN_CONTROLLER") or DEFAULT_URL)),
@@ -52,4 +59,8 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
         docker_host=str(get("docker_host", default_docker_host())),
         resync_interval=float(str(get("resync_interval", defaults.resync_interval))),
         uplinks=uplinks,
+        ids=getattr(args, "ids", None),
+        ids_rules=rules,
+        ids_dir=Path(str(get("ids_dir", defaults.ids_dir))),
+        sflow_agent=str(agent) if agent else None,
     )

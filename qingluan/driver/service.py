@@ -36,12 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qingluan import names
 from qingluan.api_schema import HostRegistration
 from qingluan.driver.client import DEFAULT_URL, HttpControllerClient
 from qingluan.driver.guard import HostGuard
 from qingluan.driver.handlers import IpamDriver, NetworkDriver
 from qingluan.driver.host.iptables import DEFAULT_PREFIX
 from qingluan.driver.host.plumbing import LinuxHost
+from qingluan.driver.ids_runner import HostIds
 from qingluan.driver.interfaces import ControllerClient, HostOps, SweepReport
 from qingluan.driver.learner import DockerApi, NameLearner, default_docker_host
 from qingluan.driver.server import (
@@ -51,7 +53,7 @@ from qingluan.driver.server import (
     serve_plugins,
 )
 from qingluan.errors import QingluanError
-from qingluan.model import DatapathType
+from qingluan.model import DatapathType, MonitoringSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ UNDERLAY_CHECK_INTERVAL = 1.0  # seconds between looks at the userspace underlay
 DEFAULT_PLUGIN_DIR = Path("/run/docker/plugins")
 DEFAULT_TOKEN_FILE = Path("/var/lib/qingluan/token")
 DEFAULT_OPENFLOW_TARGET = "tcp:127.0.0.1:6653"
+DEFAULT_IDS_DIR = Path("/run/qingluan/ids")
+DEFAULT_RULES = Path(__file__).parent / "ids" / "default.rules"
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,13 @@ class DriverConfig:
     docker_host: str = field(default_factory=default_docker_host)
     # physical network -> host NIC (also its OVS port name), from --uplink PHYSNET:NIC
     uplinks: dict[str, str] = field(default_factory=dict)
+    # the host's IDS on the mirror port: None, "suricata" (started and supervised here) or
+    # "snort" (the operator's, alert_unixsock into <ids_dir>/snort_alert)
+    ids: str | None = None
+    ids_rules: tuple[Path, ...] = ()  # Suricata rule files; none: the shipped default.rules
+    ids_dir: Path = DEFAULT_IDS_DIR  # sockets, Suricata's config and logs
+    sflow_agent: str | None = None  # sFlow agent device or address; None: Open vSwitch's choice
+    settings_interval: float = 5.0  # seconds between looks at the monitoring settings
 
     @property
     def network_socket(self) -> Path:
@@ -128,6 +139,18 @@ class Driver:
         self.ipam_driver = IpamDriver(controller=controller)
         self.last_sweep: SweepReport | None = None
         self._stopping = threading.Event()
+        self._monitoring: MonitoringSettings | None = None  # what the bridge exports now
+        self.ids: HostIds | None = None
+        if config.ids is not None:
+            self.ids = HostIds(
+                config.ids,
+                host=config.host,
+                post=controller.report_alert,
+                run_dir=config.ids_dir,
+                rule_files=config.ids_rules or (DEFAULT_RULES,),
+                netns=config.netns,
+                interface=names.IDS_PEER,
+            )
 
     @classmethod
     def from_config(cls, config: DriverConfig) -> Driver:
@@ -186,9 +209,29 @@ class Driver:
         )
         if self.host_ops.has_underlay():
             self._warm_tunnels()
+        if self.ids is not None:
+            self.host_ops.ensure_ids_port()
+        self.sync_monitoring(force=self._monitoring is None)
         if self.learner is not None:  # only enqueues: names of networks made before, or renamed
             self.learner.notify_many(n.id for n in networks)
         return report
+
+    def sync_monitoring(self, *, force: bool = False) -> bool:
+        """Apply the controller's monitoring settings to the bridge if they changed (or
+        ``force``); False when they could not be read or applied (logged)."""
+        try:
+            settings = self.controller.monitoring_settings()
+            if force or settings != self._monitoring:
+                self.host_ops.apply_monitoring(
+                    settings, self.config.controller_url, self.config.sflow_agent
+                )
+                if settings != self._monitoring:
+                    log.info("bridge export: %s", settings.model_dump_json())
+                self._monitoring = settings
+        except Exception as exc:
+            log.warning("monitoring settings not applied: %s", exc)
+            return False
+        return True
 
     def _warm_tunnels(self) -> None:
         try:
@@ -217,7 +260,17 @@ class Driver:
             self.guard.set_ready()
             log.info("driver ready")
             break
+        self._start_ids()
         self.resync_forever()
+
+    def _start_ids(self) -> None:
+        if self.ids is None or self._stopping.is_set():
+            return
+        try:
+            self.ids.start()
+        except Exception as exc:  # networking goes on without it
+            reason = exc.message if isinstance(exc, QingluanError) else repr(exc)
+            log.error("the IDS (%s) did not start: %s", self.ids.kind, reason)
 
     def resync_forever(self) -> None:
         """Repeat ``sync_once`` every ``resync_interval`` s; failures are logged, not fatal.
@@ -227,8 +280,15 @@ class Driver:
         it, which should not wait for the next full sync."""
         interval = self.config.resync_interval
         tick = UNDERLAY_CHECK_INTERVAL if self.host_ops.has_underlay() else interval
+        settings_every = self.config.settings_interval
+        if settings_every > 0:
+            tick = min(tick, settings_every)
         due = time.monotonic() + interval
+        settings_due = time.monotonic() + settings_every
         while interval > 0 and not self._stopping.wait(min(tick, interval)):
+            if settings_every > 0 and time.monotonic() >= settings_due:
+                settings_due = time.monotonic() + settings_every
+                self.sync_monitoring()
             if time.monotonic() < due and self.host_ops.underlay_ok():
                 continue
             due = time.monotonic() + interval
@@ -278,6 +338,8 @@ class Driver:
                 syncer.join(timeout=5)
             if self.learner is not None:
                 self.learner.stop(timeout=5)
+            if self.ids is not None:
+                self.ids.close()
             log.info("driver stopped")
 
 

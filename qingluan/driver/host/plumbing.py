@@ -38,6 +38,7 @@ from qingluan import names
 from qingluan.driver.host.commands import HostError, Runner
 from qingluan.driver.host.iptables import DEFAULT_PREFIX, Iptables, desired_rules
 from qingluan.driver.host.links import HostTuning, Links
+from qingluan.driver.host.monitoring import export_commands
 from qingluan.driver.host.ovs import (
     ENDPOINT_KEY,
     NETWORK_KEY,
@@ -51,11 +52,13 @@ from qingluan.driver.host.tunnel import Tunnel, parse_underlay_address
 from qingluan.driver.interfaces import SweepReport
 from qingluan.driver.protocol import PHYSNET_OPTION, UPLINK_OPTION
 from qingluan.driver.uplinks import DEFAULT_PHYSNET, carries_default_route
-from qingluan.model import DatapathType, Endpoint, Network
+from qingluan.model import DatapathType, Endpoint, MonitoringSettings, Network
 from qingluan.modes import UPLINK_MODELS, has_gateway_dev, is_natted, is_tunnelled
 
 log = logging.getLogger(__name__)
 
+IDS_MTU = 9000  # the mirror carries whatever any network sends
+ROLE_KEY = "qingluan-role"
 LINK_PREFIXES = (names.ENDPOINT_PORT, names.ENDPOINT_PEER, names.GATEWAY_DEV, names.GATEWAY_PORT)
 PORT_PREFIXES = (names.ENDPOINT_PORT, names.GATEWAY_PORT)
 
@@ -211,6 +214,30 @@ class LinuxHost:
         if self.tunnel is not None:
             self.tunnel.ensure()
         return dpid
+
+    # ---- monitoring and IDS ----
+
+    def apply_monitoring(
+        self, settings: MonitoringSettings, controller_url: str, agent: str | None = None
+    ) -> None:
+        """sFlow/NetFlow/IPFIX export of the bridge exactly as ``settings`` say."""
+        self.ovs.vsctl(*export_commands(self._bridge, settings, controller_url, agent))
+
+    def ensure_ids_port(self) -> str:
+        """The IDS mirror: a veth whose end ``names.IDS_PORT`` is on the bridge (the
+        pipeline copies inspected networks there); returns the peer the IDS reads."""
+        port, peer = names.IDS_PORT, names.IDS_PEER
+        with contextlib.ExitStack() as undo:
+            created = self.links.ensure_veth(port, peer, mtu=IDS_MTU)
+            if created:
+                undo.callback(self._silently, self.links.delete, port)
+            for dev in (port, peer):
+                self._quiet(dev)
+                self.tuning.tx_offload_off(dev)
+                self.links.set(dev, up=True)
+            self._attach(port, {OWNER_KEY: OWNER, ROLE_KEY: "ids"}, created, undo)
+            undo.pop_all()
+        return peer
 
     def has_underlay(self) -> bool:
         return self.tunnel is not None

@@ -1,0 +1,1 @@
+"""Traffic monitoring: sFlow collection, threshold events and their reactions."""

@@ -1,0 +1,1 @@
+"""The driver-side IDS: Suricata on a mirror port, its configuration and its EVE alerts."""
