@@ -371,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the IDS sockets, config and logs (default /run/qingluan/ids)",
     )
     drv.add_argument(
+        "--settings-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="look at the controller's monitoring settings this often (default 5)",
+    )
+    drv.add_argument(
         "--sflow-agent",
         default=None,
         metavar="DEV|IP",

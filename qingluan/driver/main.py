@@ -63,4 +63,5 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
         ids_rules=rules,
         ids_dir=Path(str(get("ids_dir", defaults.ids_dir))),
         sflow_agent=str(agent) if agent else None,
+        settings_interval=float(str(get("settings_interval", defaults.settings_interval))),
     )

@@ -485,6 +485,8 @@ def _inside(scenario: Scenario, ovs_root: Path, state_dir: Path) -> str:
             "127.0.0.1",
             "--openflow-port",
             str(OPENFLOW_PORT),
+            "--sflow-port",
+            "0",
             "--log-level",
             "info",
         ],

@@ -150,9 +150,22 @@ class SimHost:
             "3",
             *(["--uplink", "physnet1:eth1"] if self.stack.lan is not None else []),
             *self.underlay_argv(),
+            *self.ids_argv(),
+            "--settings-interval",
+            "1",
             "--log-level",
             "info",
         ]
+
+    @property
+    def ids_dir(self) -> Path:
+        return self.workdir / "ids"
+
+    def ids_argv(self) -> list[str]:
+        """``--ids suricata`` with ``Stack(ids=True)``."""
+        if not self.stack.ids:
+            return []
+        return ["--ids", "suricata", "--ids-dir", str(self.ids_dir)]
 
     def underlay_argv(self) -> list[str]:
         """The driver's underlay flags (none without ``Stack(underlay=True)``)."""
@@ -233,13 +246,19 @@ class Stack:
         userspace_tso: bool = False,
         lan: bool = False,
         underlay: bool = False,
+        ids: bool = False,
     ) -> None:
         """``userspace_tso``: every host's OVS starts with userspace TSO enabled.
         ``lan``: a simulated physical LAN (tests/support/lan.py) with every host's
         ``eth1`` on it, for the cross-host modes.
         ``underlay``: an underlay bridge ``ul0`` (in the LAN's switch namespace, or in
         its own) with every host's ``eth2`` on it, for VXLAN; the drivers get
-        ``--underlay-address SimHost.underlay_address --underlay-nic eth2``."""
+        ``--underlay-address SimHost.underlay_address --underlay-nic eth2``.
+        ``ids``: every driver runs Suricata on its IDS mirror port (``--ids suricata``).
+        The controller's embedded sFlow collector listens on ``sflow_port`` (UDP) of the
+        management address."""
+        self.ids = ids
+        self.sflow_port = free_port()
         self.workdir = workdir
         self.tag = secrets.token_hex(3)
         self.mgmt_net = _free_management_subnet()
@@ -310,6 +329,8 @@ class Stack:
             self.mgmt_ip,
             "--openflow-port",
             str(self.of_port),
+            "--sflow-port",
+            str(self.sflow_port),
             "--log-level",
             "info",
         ]
