@@ -44,8 +44,9 @@ def _parse(service: dict[str, Any]) -> argparse.Namespace:
 def test_both_services_run_the_image_built_from_the_repository(
     services: dict[str, Any],
 ) -> None:
-    assert set(services) == {"controller", "driver"}
-    for service in services.values():
+    # plus the monitoring services (tests/unit/test_monitoring_deploy.py)
+    assert set(services) == {"controller", "driver", "prometheus", "grafana"}
+    for service in (services["controller"], services["driver"]):
         assert service["build"] == "."
         assert service["image"] == "qingluan:latest"
         assert service["restart"] == "unless-stopped"

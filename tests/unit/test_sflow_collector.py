@@ -109,6 +109,11 @@ def test_a_failing_callback_does_not_stop_the_collector(sender):
         send_all(sender, c.bound_port, captured()[:3])
         wait_for(lambda: len(calls) == 3, "three callbacks")
         assert c.running and c.table.stats()["datagrams"] == 3
+        # called directly, the datagram still comes back
+        handled = c.handle(captured()[3])
+        assert handled is not None and handled.sequence == 4
+        assert calls[-1] == 4
+        assert c.handle(b"garbage") is None and c.decode_errors == 1
     finally:
         c.close()
 
