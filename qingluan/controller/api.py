@@ -548,10 +548,17 @@ def _install_metrics(app: FastAPI, metrics: Metrics) -> None:
     @app.middleware("http")
     async def _timed(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.rest(request.method, str(path), response.status_code, time.perf_counter() - started)
+
+        def observe(status: int) -> None:
+            path = getattr(request.scope.get("route"), "path", "unmatched")
+            metrics.rest(request.method, str(path), status, time.perf_counter() - started)
+
+        try:
+            response = await call_next(request)
+        except Exception:
+            observe(500)  # the outermost handler answers it with the 500 body
+            raise
+        observe(response.status_code)
         return response
 
     @app.get("/metrics", include_in_schema=True, tags=["metrics"])

@@ -76,19 +76,27 @@ class _ClusterCollector(Collector):
             hosts = view.hosts()
         except Exception:
             log.exception("metrics: cannot list the hosts")
-            return
+            hosts = []
         connected = self._gauge("qingluan_bridge_connected")
         flows = self._gauge("qingluan_bridge_flows")
         groups = self._gauge("qingluan_bridge_groups")
         up: list[str] = []
         for host in hosts:
-            is_up = view.connected(host)
+            try:
+                is_up = view.connected(host)
+            except Exception as exc:
+                log.warning("metrics: is host %s connected? %s", host, exc)
+                continue
             connected.add_metric([host], 1.0 if is_up else 0.0)
-            n_flows, n_groups = view.bridge_sizes(host)
-            flows.add_metric([host], n_flows)
-            groups.add_metric([host], n_groups)
             if is_up:
                 up.append(host)
+            try:
+                n_flows, n_groups = view.bridge_sizes(host)
+            except Exception as exc:
+                log.warning("metrics: no bridge sizes of host %s: %s", host, exc)
+                continue
+            flows.add_metric([host], n_flows)
+            groups.add_metric([host], n_groups)
         yield from (connected, flows, groups)
         yield from self._port_metrics(up)
         yield from self._sflow_metrics()
@@ -146,12 +154,23 @@ class _ClusterCollector(Collector):
             labels = _labels(*found)
             sent_bytes.add_metric(labels, traffic.bytes)
             sent_packets.add_metric(labels, traffic.packets)
+        yield from (sent_bytes, sent_packets)
         datagrams = self._counter("qingluan_sflow_datagrams_total")
-        for host, count in view.sflow_datagrams().items():
-            datagrams.add_metric([host], count)
-        errors = self._counter("qingluan_sflow_decode_errors_total")
-        errors.add_metric([], view.sflow_decode_errors())
-        yield from (sent_bytes, sent_packets, datagrams, errors)
+        try:
+            for host, count in view.sflow_datagrams().items():
+                datagrams.add_metric([host], count)
+        except Exception:
+            log.exception("metrics: no sFlow datagram counts")
+        else:
+            yield datagrams
+        try:
+            decode_errors = view.sflow_decode_errors()
+        except Exception:
+            log.exception("metrics: no sFlow decode error count")
+        else:
+            errors = self._counter("qingluan_sflow_decode_errors_total")
+            errors.add_metric([], decode_errors)
+            yield errors
 
 
 class Metrics:

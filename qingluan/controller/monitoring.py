@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 from qingluan.api_schema import FlowView, InterfaceView, ThresholdCreate
@@ -31,7 +32,7 @@ from qingluan.controller.metrics import EndpointTraffic, Metrics
 from qingluan.controller.monitor.collector import SflowCollector
 from qingluan.controller.monitor.reactions import Reaction, Reactor, SteeringSink, ThresholdEvent
 from qingluan.controller.monitor.sflow import Datagram
-from qingluan.controller.monitor.traffic import FlowEstimate, TrafficTable
+from qingluan.controller.monitor.traffic import FlowEstimate, FlowKey, TrafficTable
 from qingluan.controller.store import Store
 from qingluan.errors import Conflict, InvalidRequest
 from qingluan.model import AclProtocol, Endpoint, Host, MonitoringSettings, Network, Threshold
@@ -82,12 +83,17 @@ EMBEDDED_PRIORITIES = (3900, 50)  # base, slots: 3900-3949
 RT_PRIORITIES = (3950, 50)  # 3950-3999
 
 
-def crossing(threshold: Threshold, flow: FlowEstimate) -> bool:
+def selects(threshold: Threshold, key: FlowKey) -> bool:
+    """Whether ``threshold`` looks at flows like ``key`` at all: IPv4, its protocol."""
     if threshold.protocol is not AclProtocol.ANY and (
-        _PROTO_NAMES.get(flow.key.ip_proto or -1) is not threshold.protocol
+        _PROTO_NAMES.get(key.ip_proto or -1) is not threshold.protocol
     ):
         return False
-    if flow.key.ipv4_src is None and flow.key.ipv4_dst is None:
+    return key.ipv4_src is not None or key.ipv4_dst is not None
+
+
+def crossing(threshold: Threshold, flow: FlowEstimate) -> bool:
+    if not selects(threshold, flow.key):
         return False
     rate = flow.bytes_per_second if threshold.metric == "bytes" else flow.packets_per_second
     return rate >= threshold.value
@@ -165,7 +171,7 @@ class MonitoringService:
         self._agents: dict[str, int] = {}  # agent -> dpid
         self._events = 0
         self.reactor = Reactor(sink, [threshold_reaction(t) for t in self.list_thresholds()],
-                               id_prefix=AUTO_PREFIX)  # fmt: skip
+                               clock=clock, id_prefix=AUTO_PREFIX)  # fmt: skip
         self.recent_events: list[ThresholdEvent] = []
         self.collector: SflowCollector | None = None  # set when it runs
 
@@ -217,7 +223,9 @@ class MonitoringService:
                 hosts[agent] = self._host_of(agent, cluster)
             if hosts[agent] != endpoint.host:
                 continue  # sampled again where it arrived: counted at its own host
-            out[endpoint.id] = EndpointTraffic(traffic.bytes, traffic.packets)
+            total = out.setdefault(endpoint.id, EndpointTraffic())  # the host's agents, summed
+            total.bytes += traffic.bytes
+            total.packets += traffic.packets
         return out
 
     def datagrams_by_host(self) -> dict[str, int]:
@@ -242,6 +250,11 @@ class MonitoringService:
         host: str | None = None,
         window: float | None = None,
     ) -> list[FlowView]:
+        if window is not None and window > self.table.window:
+            raise InvalidRequest(
+                f"window: the collector keeps {self.table.window:g} seconds of samples, "
+                f"not {window:g}"
+            )
         cluster = self._cluster()
         flows = self.table.top_flows(
             self._clock(), by="packets" if by == "packets" else "bytes", limit=100_000,
@@ -372,7 +385,9 @@ class MonitoringService:
             by: Literal["bytes", "packets"] = (
                 "packets" if threshold.metric == "packets" else "bytes"
             )
-            flows = self.table.top_flows(now, by=by, limit=50, window=threshold.window)
+            flows = self.table.top_flows(
+                now, by=by, limit=50, window=threshold.window, predicate=partial(selects, threshold)
+            )
             for flow in flows:
                 if not crossing(threshold, flow):
                     continue

@@ -123,9 +123,13 @@ def load_setup(path: Path | None) -> RtSetup:
         if t.metric not in flows:
             raise ValueError(f"sFlow-RT config {path}: threshold {t.name}: no flow {t.metric!r}")
     names = {t.name for t in setup.thresholds}
+    reacted: set[str] = set()
     for r in setup.reactions:
         if r.threshold not in names:
             raise ValueError(f"sFlow-RT config {path}: reaction for unknown {r.threshold!r}")
+        if r.threshold in reacted:
+            raise ValueError(f"sFlow-RT config {path}: two reactions for {r.threshold!r}")
+        reacted.add(r.threshold)
     try:
         setup.reaction_list()
     except ValidationError as exc:

@@ -101,11 +101,20 @@ class AlertForwarder:
             self._queue.put_nowait((report, time.perf_counter()))
         except queue.Full:
             self.dropped += 1
-            log.warning("IDS alert dropped: %d alerts wait for the controller", QUEUE_SIZE)
+            log.warning("IDS alert dropped: %d alerts wait for the controller", self._queue.maxsize)
 
     def close(self) -> None:
-        with contextlib.suppress(queue.Full):
+        """Forward what waits (bounded), then stop the thread. With the queue full (the
+        controller does not keep up), what waits is dropped, so that the thread stops."""
+        try:
             self._queue.put_nowait(None)
+        except queue.Full:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    if self._queue.get_nowait() is not None:
+                        self.dropped += 1
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 

@@ -57,7 +57,7 @@ def export_commands(
         args += ["--", "--id=@sflow", "create", "sflow", f"targets={_quoted(sflow)}"]
         args += [f"sampling={s.sampling}", f"polling={s.polling}", f"header={s.header}"]
         if agent:
-            args.append(f"agent={agent}")
+            args.append(f'agent="{agent}"')  # quoted: an IPv6 address has colons
         args += ["--", "set", "bridge", bridge, "sflow=@sflow"]
     else:
         args += ["--", "clear", "bridge", bridge, "sflow"]
