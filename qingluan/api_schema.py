@@ -508,3 +508,13 @@ class InterfaceView(Body):
     out_pps: float
     in_octets: int
     out_octets: int
+
+
+class RtFlowView(Body):
+    """One of sFlow-RT's active flows: its key (split into the flow's key fields), value."""
+
+    key: str
+    parts: list[str]
+    value: float
+    agent: str | None
+    data_source: str | None

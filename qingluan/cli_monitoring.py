@@ -227,6 +227,14 @@ def cmd_interfaces(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rt_flows(args: argparse.Namespace) -> int:
+    data = _get(args, f"/monitoring/sflow-rt/activeflows/{args.name}",
+                {"max_flows": str(args.limit), "agent": args.agent})  # fmt: skip
+    rows = [[f["key"], f"{f['value']:.1f}", f.get("agent") or ""] for f in data]
+    print(_table(rows, ["KEY", "VALUE", "AGENT"]))
+    return 0
+
+
 def cmd_threshold_add(args: argparse.Namespace) -> int:
     body: dict[str, object] = {
         "metric": args.metric,
@@ -317,6 +325,10 @@ def add_monitoring_commands(
     p.add_argument("--json", action="store_true")
     p = leaf(msub, "interfaces", "port rates from sFlow counters", cmd_interfaces)
     p.add_argument("--json", action="store_true")
+    p = leaf(msub, "rt-flows", "sFlow-RT's active flows of one of its flows", cmd_rt_flows)
+    p.add_argument("name", help="the sFlow-RT flow, e.g. qingluan_udp")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--agent", default="ALL")
     thr = msub.add_parser("threshold", help="flow-rate thresholds and their reactions")
     tsub = thr.add_subparsers(dest="threshold_command", required=True)
     p = leaf(tsub, "add", "add a threshold", cmd_threshold_add)

@@ -8,7 +8,14 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from qingluan.api_schema import API_PREFIX, FlowView, InterfaceView, Name, ThresholdCreate
+from qingluan.api_schema import (
+    API_PREFIX,
+    FlowView,
+    InterfaceView,
+    Name,
+    RtFlowView,
+    ThresholdCreate,
+)
 from qingluan.controller.monitoring import MonitoringService
 from qingluan.model import MonitoringSettings, Threshold
 
@@ -53,6 +60,16 @@ def monitoring_router(
     def status() -> dict[str, object]:
         """The collector's counters and the automatic rules thresholds hold now."""
         return monitoring.status()
+
+    @router.get("/sflow-rt/activeflows/{name}", response_model=list[RtFlowView])
+    def rt_active_flows(
+        name: Name,
+        max_flows: int = Query(default=20, ge=1, le=1000),
+        agent: str = Query(default="ALL", max_length=64),
+    ) -> list[RtFlowView]:
+        """sFlow-RT's `/activeflows/{agent}/{name}/json`, through the controller (503 when
+        sFlow-RT does not answer; 404 without `--sflow-rt`)."""
+        return monitoring.rt_active_flows(name, agent=agent, max_flows=max_flows)
 
     @router.get("/thresholds", response_model=list[Threshold])
     def list_thresholds() -> list[Threshold]:

@@ -151,8 +151,10 @@ def sflow_rt_poller(
     """Events of sFlow-RT at ``url`` into their own reactor (rules ``auto-rt-*``)."""
     reactor = Reactor(services, setup.reaction_list(), id_prefix=RT_PREFIX)
     reactor.sweep(services.list_steering())
+    client = SflowRtClient(url)
+    monitoring.rt_client = client
     poller = SflowRtPoller(
-        SflowRtClient(url),
+        client,
         _Observed(reactor, monitoring),
         setup.flow_specs(),
         setup.threshold_specs(),

@@ -27,14 +27,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
-from qingluan.api_schema import FlowView, InterfaceView, ThresholdCreate
+from qingluan.api_schema import FlowView, InterfaceView, RtFlowView, ThresholdCreate
 from qingluan.controller.metrics import EndpointTraffic, Metrics
 from qingluan.controller.monitor.collector import SflowCollector
 from qingluan.controller.monitor.reactions import Reaction, Reactor, SteeringSink, ThresholdEvent
 from qingluan.controller.monitor.sflow import Datagram
+from qingluan.controller.monitor.sflowrt import SflowRtClient
 from qingluan.controller.monitor.traffic import FlowEstimate, FlowKey, TrafficTable
 from qingluan.controller.store import Store
-from qingluan.errors import Conflict, InvalidRequest
+from qingluan.errors import Conflict, InvalidRequest, NotFound
 from qingluan.model import AclProtocol, Endpoint, Host, MonitoringSettings, Network, Threshold
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class MonitoringService:
                                clock=clock, id_prefix=AUTO_PREFIX)  # fmt: skip
         self.recent_events: list[ThresholdEvent] = []
         self.collector: SflowCollector | None = None  # set when it runs
+        self.rt_client: SflowRtClient | None = None  # set with --sflow-rt
 
     def decode_errors(self) -> int:
         return self.collector.decode_errors if self.collector is not None else 0
@@ -403,6 +405,22 @@ class MonitoringService:
         if self._observer is not None:
             self._observer.auto_rules(len(self.reactor.active()))
         return events
+
+    def rt_active_flows(
+        self, name: str, *, agent: str = "ALL", max_flows: int = 20
+    ) -> list[RtFlowView]:
+        if self.rt_client is None:
+            raise NotFound("sFlow-RT is not configured: start the controller with --sflow-rt URL")
+        return [
+            RtFlowView(
+                key=f.key,
+                parts=list(f.parts),
+                value=f.value,
+                agent=f.agent,
+                data_source=f.data_source,
+            )
+            for f in self.rt_client.active_flows(name, agent=agent, max_flows=max_flows)
+        ]
 
     def on_rt_event(self, event: ThresholdEvent) -> None:
         if self._observer is not None:

@@ -9,7 +9,9 @@ on qingluan's side is real: the controller process, its REST API and its store.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -100,6 +102,29 @@ def test_definitions_pushed_events_become_rules_and_quiet_ones_go(
     metrics = httpx.get(ctl.url + "/metrics", timeout=10).text
     assert 'qingluan_threshold_events_total{source="sflow-rt",threshold="flood"} 1.0' in metrics
     wait_until(lambda: not auto_rules(ctl), 10, "the rule to go once the flow is quiet")
+
+
+def test_active_flows_are_read_through_the_controller(
+    rig: tuple[SflowRtReplay, Controller],
+) -> None:
+    rt, ctl = rig
+    rt.set_active_flows("qingluan_udp", "activeflows_elephant")
+    reply = httpx.get(ctl.url + "/v1/monitoring/sflow-rt/activeflows/qingluan_udp?max_flows=2",
+                      timeout=10)  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    flows = reply.json()
+    assert flows[0]["parts"] == ["10.128.0.2", "10.128.0.3", "6", "5001"]
+    assert flows[0]["value"] == 15311874.6 and flows[0]["agent"] == "10.77.9.1"
+    [request] = [r for r in rt.requests("GET") if "/activeflows/" in r.path]
+    assert request.path == "/activeflows/ALL/qingluan_udp/json"
+    assert request.param("maxFlows") == "2"
+    shown = subprocess.run(
+        [sys.executable, "-m", "qingluan", "monitor", "rt-flows", "qingluan_udp",
+         "--controller", ctl.url],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "10.128.0.2,10.128.0.3,6,5001" in shown.stdout
 
 
 def test_an_event_of_an_unknown_threshold_changes_nothing(

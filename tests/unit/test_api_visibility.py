@@ -182,6 +182,11 @@ def test_the_collector_port_and_a_long_window_are_bad_requests(app: App) -> None
     assert message.startswith("window: the collector keeps 60 seconds")
 
 
+def test_sflow_rt_flows_without_sflow_rt_are_not_found(app: App) -> None:
+    message = error(app.get("/v1/monitoring/sflow-rt/activeflows/qingluan_udp"), 404, "not_found")
+    assert "start the controller with --sflow-rt URL" in message
+
+
 # ---- IDS and quarantines ---------------------------------------------------------------
 
 
