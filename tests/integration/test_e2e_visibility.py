@@ -184,6 +184,26 @@ def test_an_alert_quarantines_the_sender_within_the_bound_and_only_it(policy: Ri
     assert pings(h1, "a1", policy.ips["web"])
 
 
+def test_a_quarantine_survives_a_controller_kill_9_and_still_lifts(policy: Rig) -> None:
+    h1, s = policy.host("h1"), policy.stack
+    policy.cli("ids", "policy", "add", "--signature", str(HTTP_SID), "--action", "quarantine",
+               "--duration", "0")  # fmt: skip
+    assert fetch(h1, "a1", policy.ips["web"])
+    [q] = wait_until(lambda: s.get("/v1/quarantines"), 20, "a quarantine")
+    assert s.controller is not None
+    s.controller.kill9()
+    assert not pings(h1, "a1", policy.ips["web"])  # the bridge keeps the drop on its own
+    assert pings(h1, "a2", policy.ips["web"])
+    s.start_controller()
+    wait_until(lambda: s.host_connected("h1") and s.host_connected("h2"), 30, "reconnect")
+    assert [x["id"] for x in s.get("/v1/quarantines")] == [q["id"]]
+    reply = s.request("POST", "/v1/hosts/h1/reconcile")  # the bridge already holds it all
+    assert reply.status_code == 200 and reply.json()["flows_added"] == 0, reply.text
+    assert not pings(h1, "a1", policy.ips["web"])
+    policy.cli("quarantine", "rm", q["id"])
+    assert pings(h1, "a1", policy.ips["web"])
+
+
 def test_a_quarantine_lifts_on_time(policy: Rig) -> None:
     h1 = policy.host("h1")
     policy.cli("ids", "policy", "add", "--signature", str(HTTP_SID), "--action", "quarantine",
