@@ -21,15 +21,13 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol, TypeVar
-
-from pydantic import BaseModel
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from qingluan.api_schema import AlertReport, IdsPolicyCreate
 from qingluan.controller.interfaces import Converger
 from qingluan.controller.pipeline.quarantine import inspected
-from qingluan.controller.store import KeyValue, Store
+from qingluan.controller.store import Store, load_all, next_id
 from qingluan.errors import Conflict, NotFound, QingluanError, Unavailable
 from qingluan.model import (
     AclProtocol,
@@ -147,13 +145,6 @@ def refreshed(held: Quarantine, fresh: Quarantine) -> Quarantine:
 # ---- the use cases ---------------------------------------------------------------------
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def _all_of(kv: KeyValue, prefix: str, cls: type[M]) -> list[M]:
-    return [cls.model_validate(doc) for _, doc in kv.scan(prefix)]
-
-
 class IdsService:
     def __init__(
         self,
@@ -178,8 +169,8 @@ class IdsService:
 
     def create_policy(self, body: IdsPolicyCreate) -> IdsPolicy:
         with self._store.transaction() as tx:
-            policies = _all_of(tx, POLICIES, IdsPolicy)
-            policy_id = body.id or _next_id("ids", (p.id for p in policies))
+            policies = load_all(tx, POLICIES, IdsPolicy)
+            policy_id = body.id or next_id("ids", (p.id for p in policies))
             if any(p.id == policy_id for p in policies):
                 raise Conflict(f"IDS policy {policy_id} already exists")
             taken = next((p for p in policies if p.priority == body.priority), None)
@@ -193,7 +184,7 @@ class IdsService:
         return policy
 
     def list_policies(self) -> list[IdsPolicy]:
-        return sorted(_all_of(self._store, POLICIES, IdsPolicy), key=lambda p: -p.priority)
+        return sorted(load_all(self._store, POLICIES, IdsPolicy), key=lambda p: -p.priority)
 
     def delete_policy(self, policy_id: str) -> None:
         with self._store.transaction() as tx:
@@ -208,7 +199,7 @@ class IdsService:
         now = self._now()
         alert = IdsAlert(**report.model_dump())
         with self._store.transaction() as tx:
-            policy = decide(_all_of(tx, POLICIES, IdsPolicy), alert)
+            policy = decide(load_all(tx, POLICIES, IdsPolicy), alert)
             if policy is None or policy.action is IdsAction.LOG:
                 return self._done(
                     AlertOutcome(
@@ -219,8 +210,8 @@ class IdsService:
                         received_at=now,
                     )
                 )
-            endpoints = _all_of(tx, ENDPOINTS, Endpoint)
-            networks = _all_of(tx, NETWORKS, Network)
+            endpoints = load_all(tx, ENDPOINTS, Endpoint)
+            networks = load_all(tx, NETWORKS, Network)
             endpoint, why = offender(alert, endpoints, networks)
             if endpoint is None:
                 return self._done(
@@ -304,7 +295,7 @@ class IdsService:
 
     def list_quarantines(self) -> list[Quarantine]:
         return sorted(
-            _all_of(self._store, QUARANTINES, Quarantine), key=lambda q: (q.created_at, q.id)
+            load_all(self._store, QUARANTINES, Quarantine), key=lambda q: (q.created_at, q.id)
         )
 
     def get_quarantine(self, quarantine_id: str) -> Quarantine:
@@ -326,10 +317,10 @@ class IdsService:
         """Lift the quarantines whose time is up or whose endpoint is gone."""
         at = self._now() if now is None else now
         with self._store.transaction() as tx:
-            endpoints = {e.id for e in _all_of(tx, ENDPOINTS, Endpoint)}
+            endpoints = {e.id for e in load_all(tx, ENDPOINTS, Endpoint)}
             gone = [
                 q
-                for q in _all_of(tx, QUARANTINES, Quarantine)
+                for q in load_all(tx, QUARANTINES, Quarantine)
                 if (q.expires_at is not None and q.expires_at <= at)
                 or q.endpoint_id not in endpoints
             ]
@@ -350,14 +341,6 @@ class IdsService:
         log.info("quarantine lifted: %s", ", ".join(q.id for q in lifted))
         if self._observer is not None:
             self._observer.quarantines_active(len(self._store.scan(QUARANTINES)))
-
-
-def _next_id(prefix: str, taken: Iterable[str]) -> str:
-    used = set(taken)
-    n = 1
-    while f"{prefix}-{n}" in used:
-        n += 1
-    return f"{prefix}-{n}"
 
 
 class QuarantineKeeper:

@@ -34,7 +34,7 @@ from qingluan.controller.monitor.reactions import Reaction, Reactor, SteeringSin
 from qingluan.controller.monitor.sflow import Datagram
 from qingluan.controller.monitor.sflowrt import SflowRtClient
 from qingluan.controller.monitor.traffic import FlowEstimate, FlowKey, TrafficTable
-from qingluan.controller.store import Store
+from qingluan.controller.store import Store, next_id
 from qingluan.errors import Conflict, InvalidRequest, NotFound
 from qingluan.model import AclProtocol, Endpoint, Host, MonitoringSettings, Network, Threshold
 
@@ -365,7 +365,7 @@ class MonitoringService:
     def create_threshold(self, body: ThresholdCreate) -> Threshold:
         with self._store.transaction() as tx:
             taken = {Threshold.model_validate(doc).id for _, doc in tx.scan(THRESHOLDS)}
-            threshold_id = body.id or _next_id("threshold", taken)
+            threshold_id = body.id or next_id("threshold", taken)
             if threshold_id in taken:
                 raise Conflict(f"threshold {threshold_id} already exists")
             threshold = Threshold(id=threshold_id, **body.model_dump(exclude={"id"}))
@@ -440,13 +440,6 @@ def _proto_name(proto: int | None) -> str | None:
         return None
     known = _PROTO_NAMES.get(proto)
     return known.value if known is not None else str(proto)
-
-
-def _next_id(prefix: str, taken: set[str]) -> str:
-    n = 1
-    while f"{prefix}-{n}" in taken:
-        n += 1
-    return f"{prefix}-{n}"
 
 
 class ThresholdWatch:

@@ -18,8 +18,7 @@ Store layout (one JSON document per key)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel
 
@@ -53,7 +52,7 @@ from qingluan.controller.config import (
 from qingluan.controller.interfaces import Converger
 from qingluan.controller.pipeline import Peer, Policy
 from qingluan.controller.pipeline.acl import names_network
-from qingluan.controller.store import KeyValue, Store
+from qingluan.controller.store import KeyValue, Store, load, load_all, next_id
 from qingluan.errors import Conflict, InvalidRequest, NotFound, QingluanError, Unavailable
 from qingluan.model import (
     IDS_OPTION,
@@ -87,8 +86,6 @@ DEFAULT_MTU = 1500
 # knows the underlay, may send a better value.
 DEFAULT_MTU_BY_MODEL = {NetworkModel.VXLAN: 1450}
 
-M = TypeVar("M", bound=BaseModel)
-
 
 def host_key(name: str) -> str:
     return HOSTS + name
@@ -116,15 +113,6 @@ def acl_key(rule_id: str) -> str:
 
 def endpoint_key(endpoint_id: str) -> str:
     return ENDPOINTS + endpoint_id
-
-
-def _load(kv: KeyValue, key: str, cls: type[M]) -> M | None:
-    doc = kv.get(key)
-    return None if doc is None else cls.model_validate(doc)
-
-
-def _all(kv: KeyValue, prefix: str, cls: type[M]) -> list[M]:
-    return [cls.model_validate(doc) for _, doc in kv.scan(prefix)]
 
 
 def _host_not_found(name: str) -> NotFound:
@@ -191,30 +179,30 @@ class StoreState:
         self._store = store
 
     def host_by_dpid(self, dpid: int) -> Host | None:
-        for host in _all(self._store, HOSTS, Host):
+        for host in load_all(self._store, HOSTS, Host):
             if host.dpid == dpid:
                 return host
         return None
 
     def host_state(self, host: str) -> tuple[Host, list[Network], list[Endpoint]]:
         with self._store.transaction() as tx:
-            found = _load(tx, host_key(host), Host)
+            found = load(tx, host_key(host), Host)
             if found is None:
                 raise _host_not_found(host)
-            networks = [n for n in _all(tx, NETWORKS, Network) if n.host == host]
-            endpoints = [e for e in _all(tx, ENDPOINTS, Endpoint) if e.host == host]
+            networks = [n for n in load_all(tx, NETWORKS, Network) if n.host == host]
+            endpoints = [e for e in load_all(tx, ENDPOINTS, Endpoint) if e.host == host]
         return found, networks, endpoints
 
     def policy(self) -> Policy:
         with self._store.transaction() as tx:
-            rules = _all(tx, ACLS, AclRule)
-            steering = _all(tx, STEERING, SteeringRule)
-            raw = _all(tx, RAWFLOWS, RawFlow)
-            quarantines = _all(tx, QUARANTINES, Quarantine)
+            rules = load_all(tx, ACLS, AclRule)
+            steering = load_all(tx, STEERING, SteeringRule)
+            raw = load_all(tx, RAWFLOWS, RawFlow)
+            quarantines = load_all(tx, QUARANTINES, Quarantine)
             if not rules and not steering and not raw and not quarantines:
                 return Policy()
-            networks = _all(tx, NETWORKS, Network)
-            endpoints = _all(tx, ENDPOINTS, Endpoint)
+            networks = load_all(tx, NETWORKS, Network)
+            endpoints = load_all(tx, ENDPOINTS, Endpoint)
         return Policy(
             tuple(rules),
             tuple(networks),
@@ -226,9 +214,9 @@ class StoreState:
 
     def peers(self, host: str) -> list[Peer]:
         with self._store.transaction() as tx:
-            hosts = {h.name: h for h in _all(tx, HOSTS, Host)}
-            networks = _all(tx, NETWORKS, Network)
-            endpoints = _all(tx, ENDPOINTS, Endpoint)
+            hosts = {h.name: h for h in load_all(tx, HOSTS, Host)}
+            networks = load_all(tx, NETWORKS, Network)
+            endpoints = load_all(tx, ENDPOINTS, Endpoint)
         return tunnel_peers(host, hosts, networks, endpoints)
 
 
@@ -279,7 +267,7 @@ class Services(StoreState):
 
         ``networks``: the state to judge by (before a deletion, so that hosts
         that shared a network just removed are still found)."""
-        known = _all(self._store, NETWORKS, Network) if networks is None else networks
+        known = load_all(self._store, NETWORKS, Network) if networks is None else networks
         for other in tunnel_neighbours(host, known):
             self._converge_soon(other)
 
@@ -300,7 +288,7 @@ class Services(StoreState):
         return HostStatus(host=host, connected=connected, ports=ports)
 
     def _host(self, name: str) -> Host:
-        host = _load(self._store, host_key(name), Host)
+        host = load(self._store, host_key(name), Host)
         if host is None:
             raise _host_not_found(name)
         return host
@@ -315,12 +303,12 @@ class Services(StoreState):
             address=registration.address,
         )
         with self._store.transaction() as tx:
-            for other in _all(tx, HOSTS, Host):
+            for other in load_all(tx, HOSTS, Host):
                 if other.name != name and other.dpid == host.dpid:
                     raise Conflict(
                         f"datapath id {host.dpid:#x} is already the bridge of host {other.name}"
                     )
-            before = _load(tx, host_key(name), Host)
+            before = load(tx, host_key(name), Host)
             if before != host:
                 tx.put(host_key(name), host)
         self._converge_soon(name)
@@ -329,7 +317,7 @@ class Services(StoreState):
         return self._host_status(host)
 
     def list_hosts(self) -> list[HostStatus]:
-        return [self._host_status(h) for h in _all(self._store, HOSTS, Host)]
+        return [self._host_status(h) for h in load_all(self._store, HOSTS, Host)]
 
     def get_host(self, name: str) -> HostStatus:
         return self._host_status(self._host(name))
@@ -339,9 +327,9 @@ class Services(StoreState):
         endpoints (and their addresses) and networks go too, for a host that is gone for
         good. The hosts that tunnelled to it are converged. Unknown hosts are fine."""
         with self._store.transaction() as tx:
-            if _load(tx, host_key(name), Host) is None:
+            if load(tx, host_key(name), Host) is None:
                 return
-            before = _all(tx, NETWORKS, Network)
+            before = load_all(tx, NETWORKS, Network)
             remaining = [n for n in before if n.host == name]
             if remaining and not force:
                 labels = ", ".join(ipam.network_label(n) for n in remaining)
@@ -350,11 +338,11 @@ class Services(StoreState):
                     "or force the removal of a host that is gone for good)"
                 )
             pools = {n.id: n.pool_id for n in remaining}
-            for endpoint in _all(tx, ENDPOINTS, Endpoint):
+            for endpoint in load_all(tx, ENDPOINTS, Endpoint):
                 if endpoint.network_id in pools:
                     tx.delete(endpoint_key(endpoint.id))
                     key = allocation_key(pools[endpoint.network_id], endpoint.address)
-                    held = _load(tx, key, Allocation)
+                    held = load(tx, key, Allocation)
                     if held is not None and held.mac == endpoint.mac:
                         tx.delete(key)
             for network in remaining:
@@ -381,9 +369,9 @@ class Services(StoreState):
         with self._store.transaction() as tx:
             decision = ipam.request_pool(
                 request,
-                _all(tx, POOLS, Pool),
+                load_all(tx, POOLS, Pool),
                 self._ranges,
-                networks=_all(tx, NETWORKS, Network),
+                networks=load_all(tx, NETWORKS, Network),
                 carve_prefix=self._carve_prefix,
             )
             if decision.created:
@@ -396,15 +384,15 @@ class Services(StoreState):
         return reply, decision.created
 
     def list_pools(self) -> list[Pool]:
-        return _all(self._store, POOLS, Pool)
+        return load_all(self._store, POOLS, Pool)
 
     def release_pool(self, pool_id: str) -> None:
         """ReleasePool: the pool and its allocations go, unless a network is bound to it."""
         with self._store.transaction() as tx:
-            pool = _load(tx, pool_key(pool_id), Pool)
+            pool = load(tx, pool_key(pool_id), Pool)
             if pool is None:
                 return
-            bound = any(n.pool_id == pool_id for n in _all(tx, NETWORKS, Network))
+            bound = any(n.pool_id == pool_id for n in load_all(tx, NETWORKS, Network))
             if not ipam.release_pool(pool, bound=bound):
                 log.info("pool %s is bound to a network: it goes with the network", pool_id)
                 if not pool.released:
@@ -419,7 +407,7 @@ class Services(StoreState):
         tx.delete(pool_key(pool_id))
 
     def _pool(self, kv: KeyValue, pool_id: str) -> Pool:
-        pool = _load(kv, pool_key(pool_id), Pool)
+        pool = load(kv, pool_key(pool_id), Pool)
         if pool is None:
             raise NotFound(f"address pool {pool_id} not found")
         return pool
@@ -428,7 +416,7 @@ class Services(StoreState):
         """RequestAddress; the bool is False for the same allocation again (replay)."""
         with self._store.transaction() as tx:
             pool = self._pool(tx, pool_id)
-            allocations = _all(tx, allocations_prefix(pool_id), Allocation)
+            allocations = load_all(tx, allocations_prefix(pool_id), Allocation)
             decision = ipam.request_address(pool, allocations, request)
             if decision.pool_changed:
                 tx.put(pool_key(pool_id), decision.pool)
@@ -441,11 +429,11 @@ class Services(StoreState):
         """ReleaseAddress; unknown pools and addresses are fine."""
         ipam.parse_address(address)
         with self._store.transaction() as tx:
-            pool = _load(tx, pool_key(pool_id), Pool)
+            pool = load(tx, pool_key(pool_id), Pool)
             if pool is None:
                 return
-            bound = any(n.pool_id == pool_id for n in _all(tx, NETWORKS, Network))
-            allocations = _all(tx, allocations_prefix(pool_id), Allocation)
+            bound = any(n.pool_id == pool_id for n in load_all(tx, NETWORKS, Network))
+            allocations = load_all(tx, allocations_prefix(pool_id), Allocation)
             decision = ipam.release_address(pool, allocations, address, bound=bound)
             if decision.pool is not None:
                 tx.put(pool_key(pool_id), decision.pool)
@@ -455,7 +443,7 @@ class Services(StoreState):
     # ---- networks ------------------------------------------------------------
 
     def _network(self, kv: KeyValue, network_id: str) -> Network:
-        network = _load(kv, network_key(network_id), Network)
+        network = load(kv, network_key(network_id), Network)
         if network is None:
             raise NotFound(f"network {network_id} not found")
         return network
@@ -468,10 +456,10 @@ class Services(StoreState):
         """
         mtu = body.mtu or DEFAULT_MTU_BY_MODEL.get(body.model, DEFAULT_MTU)
         with self._store.transaction() as tx:
-            if _load(tx, host_key(body.host), Host) is None:
+            if load(tx, host_key(body.host), Host) is None:
                 raise _host_not_found(body.host)
             pool = self._pool(tx, body.pool_id)
-            networks = _all(tx, NETWORKS, Network)
+            networks = load_all(tx, NETWORKS, Network)
             existing = next((n for n in networks if n.id == network_id), None)
             if existing is not None:
                 if not _same_network(existing, body, mtu):
@@ -518,17 +506,17 @@ class Services(StoreState):
 
     def _undo_network(self, network: Network) -> None:
         with self._store.transaction() as tx:
-            if _load(tx, network_key(network.id), Network) != network:
+            if load(tx, network_key(network.id), Network) != network:
                 return  # changed meanwhile: not ours to undo
-            if any(e.network_id == network.id for e in _all(tx, ENDPOINTS, Endpoint)):
+            if any(e.network_id == network.id for e in load_all(tx, ENDPOINTS, Endpoint)):
                 return
             tx.delete(network_key(network.id))
             self._unbind(tx, network)
 
     def _unbind(self, tx: KeyValue, network: Network) -> None:
-        pool = _load(tx, pool_key(network.pool_id), Pool)
+        pool = load(tx, pool_key(network.pool_id), Pool)
         if pool is not None:
-            remaining = _all(tx, NETWORKS, Network)
+            remaining = load_all(tx, NETWORKS, Network)
             if pool.released and not any(
                 n.pool_id == pool.id for n in remaining if n.id != network.id
             ):
@@ -539,7 +527,7 @@ class Services(StoreState):
                 tx.put(pool_key(pool.id), unbound)
 
     def list_networks(self, host: str | None = None) -> list[Network]:
-        networks = _all(self._store, NETWORKS, Network)
+        networks = load_all(self._store, NETWORKS, Network)
         return [n for n in networks if host is None or n.host == host]
 
     def get_network(self, network_id: str) -> Network:
@@ -565,14 +553,14 @@ class Services(StoreState):
     def delete_network(self, network_id: str) -> None:
         """DeleteNetwork: refused while endpoints remain; unbinds the pool; converges."""
         with self._store.transaction() as tx:
-            network = _load(tx, network_key(network_id), Network)
+            network = load(tx, network_key(network_id), Network)
             if network is None:
                 return
-            left = [e for e in _all(tx, ENDPOINTS, Endpoint) if e.network_id == network_id]
+            left = [e for e in load_all(tx, ENDPOINTS, Endpoint) if e.network_id == network_id]
             if left:
                 ids = ", ".join(_short(e.id) for e in left)
                 raise Conflict(f"network {ipam.network_label(network)} still has endpoints: {ids}")
-            before = _all(tx, NETWORKS, Network)
+            before = load_all(tx, NETWORKS, Network)
             tx.delete(network_key(network_id))
             self._unbind(tx, network)
         self._converge_soon(network.host)
@@ -582,7 +570,7 @@ class Services(StoreState):
     # ---- endpoints -----------------------------------------------------------
 
     def _endpoint(self, kv: KeyValue, endpoint_id: str) -> Endpoint:
-        endpoint = _load(kv, endpoint_key(endpoint_id), Endpoint)
+        endpoint = load(kv, endpoint_key(endpoint_id), Endpoint)
         if endpoint is None:
             raise NotFound(f"endpoint {endpoint_id} not found")
         return endpoint
@@ -610,7 +598,7 @@ class Services(StoreState):
         added: Allocation | None = None
         with self._store.transaction() as tx:
             network = self._network(tx, body.network_id)
-            existing = _load(tx, endpoint_key(endpoint_id), Endpoint)
+            existing = load(tx, endpoint_key(endpoint_id), Endpoint)
             if existing is not None:
                 if not _same_endpoint(existing, endpoint):
                     raise Conflict(
@@ -620,11 +608,11 @@ class Services(StoreState):
                     )
                 endpoint, created = existing, False
             else:
-                ipam.check_endpoint(endpoint, network, _all(tx, ENDPOINTS, Endpoint))
+                ipam.check_endpoint(endpoint, network, load_all(tx, ENDPOINTS, Endpoint))
                 pool = self._pool(tx, network.pool_id)
                 decision = ipam.request_address(
                     pool,
-                    _all(tx, allocations_prefix(pool.id), Allocation),
+                    load_all(tx, allocations_prefix(pool.id), Allocation),
                     AddressRequest(address=endpoint.address, mac=endpoint.mac),
                 )
                 if decision.allocation is not None:
@@ -651,11 +639,11 @@ class Services(StoreState):
 
     def _undo_endpoint(self, endpoint: Endpoint, pool_id: str, added: Allocation | None) -> None:
         with self._store.transaction() as tx:
-            if _load(tx, endpoint_key(endpoint.id), Endpoint) == endpoint:
+            if load(tx, endpoint_key(endpoint.id), Endpoint) == endpoint:
                 tx.delete(endpoint_key(endpoint.id))
             if added is not None:
                 key = allocation_key(pool_id, added.address)
-                if _load(tx, key, Allocation) == added:
+                if load(tx, key, Allocation) == added:
                     tx.delete(key)
 
     def list_endpoints(
@@ -663,7 +651,7 @@ class Services(StoreState):
     ) -> list[Endpoint]:
         return [
             e
-            for e in _all(self._store, ENDPOINTS, Endpoint)
+            for e in load_all(self._store, ENDPOINTS, Endpoint)
             if (host is None or e.host == host)
             and (network_id is None or e.network_id == network_id)
         ]
@@ -697,11 +685,11 @@ class Services(StoreState):
         """DeleteEndpoint: forget it and take its flows off. Its address stays
         allocated until Docker's ReleaseAddress, which follows."""
         with self._store.transaction() as tx:
-            endpoint = _load(tx, endpoint_key(endpoint_id), Endpoint)
+            endpoint = load(tx, endpoint_key(endpoint_id), Endpoint)
             if endpoint is None:
                 return
             tx.delete(endpoint_key(endpoint_id))
-            network = _load(tx, network_key(endpoint.network_id), Network)
+            network = load(tx, network_key(endpoint.network_id), Network)
         self._converge_soon(endpoint.host)
         if network is not None and network.model is NetworkModel.VXLAN:
             self._converge_neighbours(endpoint.host)
@@ -713,11 +701,11 @@ class Services(StoreState):
     def _converge_all(self) -> None:
         """Every registered host, one after the other, each confirmed (or disconnected:
         then it gets the rules when it connects)."""
-        for host in _all(self._store, HOSTS, Host):
+        for host in load_all(self._store, HOSTS, Host):
             self._converge_soon(host.name)
 
     def _converge_others(self, host: str) -> None:
-        for other in _all(self._store, HOSTS, Host):
+        for other in load_all(self._store, HOSTS, Host):
             if other.name != host:
                 self._converge_soon(other.name)
 
@@ -727,10 +715,10 @@ class Services(StoreState):
     def create_acl(self, body: AclCreate) -> AclRule:
         """Store one rule, then converge every bridge; refused before anything changes."""
         with self._store.transaction() as tx:
-            rules = _all(tx, ACLS, AclRule)
-            networks = _all(tx, NETWORKS, Network)
-            endpoints = _all(tx, ENDPOINTS, Endpoint)
-            rule_id = body.id or _next_id("acl", (r.id for r in rules))
+            rules = load_all(tx, ACLS, AclRule)
+            networks = load_all(tx, NETWORKS, Network)
+            endpoints = load_all(tx, ENDPOINTS, Endpoint)
+            rule_id = body.id or next_id("acl", (r.id for r in rules))
             if any(r.id == rule_id for r in rules):
                 raise Conflict(f"ACL rule {rule_id} already exists")
             taken = next((r for r in rules if r.priority == body.priority), None)
@@ -776,23 +764,23 @@ class Services(StoreState):
     def _delete_policy(self, key: str, cls: type[BaseModel]) -> None:
         """Remove the policy object at ``key`` (unknown: fine), then converge every bridge."""
         with self._store.transaction() as tx:
-            if _load(tx, key, cls) is None:
+            if load(tx, key, cls) is None:
                 return
             tx.delete(key)
         self._converge_all_confirmed()
 
     def _converge_all_confirmed(self) -> None:
-        for host in _all(self._store, HOSTS, Host):
+        for host in load_all(self._store, HOSTS, Host):
             try:
                 self._converger.converge(host.name, timeout=self._timeout)
             except Unavailable as exc:
                 log.info("host %s: not converged now (%s); it will be on connect", host.name, exc)
 
     def list_acls(self) -> list[AclRule]:
-        return sorted(_all(self._store, ACLS, AclRule), key=lambda r: (-r.priority, r.id))
+        return sorted(load_all(self._store, ACLS, AclRule), key=lambda r: (-r.priority, r.id))
 
     def get_acl(self, rule_id: str) -> AclRule:
-        rule = _load(self._store, acl_key(rule_id), AclRule)
+        rule = load(self._store, acl_key(rule_id), AclRule)
         if rule is None:
             raise NotFound(f"ACL rule {rule_id} not found")
         return rule
@@ -807,10 +795,10 @@ class Services(StoreState):
         """Store one steering rule, then converge every bridge; refused before anything
         changes (unknown container, network or host, a taken priority or id)."""
         with self._store.transaction() as tx:
-            rules = _all(tx, STEERING, SteeringRule)
-            networks = _all(tx, NETWORKS, Network)
-            endpoints = _all(tx, ENDPOINTS, Endpoint)
-            rule_id = body.id or _next_id("steer", (r.id for r in rules))
+            rules = load_all(tx, STEERING, SteeringRule)
+            networks = load_all(tx, NETWORKS, Network)
+            endpoints = load_all(tx, ENDPOINTS, Endpoint)
+            rule_id = body.id or next_id("steer", (r.id for r in rules))
             if any(r.id == rule_id for r in rules):
                 raise Conflict(f"steering rule {rule_id} already exists")
             taken = next((r for r in rules if r.priority == body.priority), None)
@@ -829,7 +817,7 @@ class Services(StoreState):
             for name in (n.strip() for n in (body.via or "").split(",")):
                 if name and not any(e.container_name == name for e in endpoints):
                     raise InvalidRequest(f"via: unknown container {name!r}")
-            if body.mirror_host is not None and _load(tx, host_key(body.mirror_host), Host) is None:
+            if body.mirror_host is not None and load(tx, host_key(body.mirror_host), Host) is None:
                 raise InvalidRequest(f"mirror_host: unknown host {body.mirror_host!r}")
             low, high = body.port_range()
             rule = SteeringRule(
@@ -855,7 +843,7 @@ class Services(StoreState):
         return rule
 
     def list_steering(self) -> list[SteeringRule]:
-        return sorted(_all(self._store, STEERING, SteeringRule), key=lambda r: -r.priority)
+        return sorted(load_all(self._store, STEERING, SteeringRule), key=lambda r: -r.priority)
 
     def delete_steering(self, rule_id: str) -> None:
         self._delete_policy(STEERING + rule_id, SteeringRule)
@@ -865,11 +853,11 @@ class Services(StoreState):
     def create_raw_flow(self, body: RawFlowCreate) -> RawFlow:
         """Store one expert flow, then converge the bridges it is for."""
         with self._store.transaction() as tx:
-            flows = _all(tx, RAWFLOWS, RawFlow)
-            flow_id = body.id or _next_id("raw", (f.id for f in flows))
+            flows = load_all(tx, RAWFLOWS, RawFlow)
+            flow_id = body.id or next_id("raw", (f.id for f in flows))
             if any(f.id == flow_id for f in flows):
                 raise Conflict(f"raw flow {flow_id} already exists")
-            if body.host is not None and _load(tx, host_key(body.host), Host) is None:
+            if body.host is not None and load(tx, host_key(body.host), Host) is None:
                 raise InvalidRequest(f"host: unknown host {body.host!r}")
             clash = next(
                 (
@@ -897,7 +885,7 @@ class Services(StoreState):
         return flow
 
     def list_raw_flows(self) -> list[RawFlow]:
-        return sorted(_all(self._store, RAWFLOWS, RawFlow), key=lambda f: (-f.priority, f.id))
+        return sorted(load_all(self._store, RAWFLOWS, RawFlow), key=lambda f: (-f.priority, f.id))
 
     def delete_raw_flow(self, flow_id: str) -> None:
         self._delete_policy(RAWFLOWS + flow_id, RawFlow)
@@ -906,10 +894,10 @@ class Services(StoreState):
 
     def status(self) -> Status:
         with self._store.transaction() as tx:
-            hosts = _all(tx, HOSTS, Host)
-            networks = _all(tx, NETWORKS, Network)
-            endpoints = _all(tx, ENDPOINTS, Endpoint)
-            pools = _all(tx, POOLS, Pool)
+            hosts = load_all(tx, HOSTS, Host)
+            networks = load_all(tx, NETWORKS, Network)
+            endpoints = load_all(tx, ENDPOINTS, Endpoint)
+            pools = load_all(tx, POOLS, Pool)
         return Status(
             hosts=[self._host_status(h) for h in hosts],
             networks=networks,
@@ -934,14 +922,6 @@ def _same_endpoint(existing: Endpoint, new: Endpoint) -> bool:
     """Identical for a repeat: what PATCH may change (name, published ports) aside."""
     mutable = {"container_name": None, "port_mappings": ()}
     return existing.model_copy(update=mutable) == new.model_copy(update=mutable)
-
-
-def _next_id(prefix: str, taken: Iterable[str]) -> str:
-    used = set(taken)
-    n = 1
-    while f"{prefix}-{n}" in used:
-        n += 1
-    return f"{prefix}-{n}"
 
 
 def _selectors(
