@@ -9,7 +9,7 @@ drop flow, and the time from the alert's arrival to that confirmation is kept
 on the quarantine and in the metrics.
 
 Quarantines are stored, so a controller restart keeps them; ``expire`` (called
-every half second by ``QuarantineKeeper``) lifts those whose time is up and
+every half second by the controller) lifts those whose time is up and
 those whose endpoint is gone.
 
 Store layout: ``idspolicies/<id>`` IdsPolicy, ``quarantines/<id>`` Quarantine.
@@ -341,28 +341,3 @@ class IdsService:
         log.info("quarantine lifted: %s", ", ".join(q.id for q in lifted))
         if self._observer is not None:
             self._observer.quarantines_active(len(self._store.scan(QUARANTINES)))
-
-
-class QuarantineKeeper:
-    """Calls ``IdsService.expire`` every ``interval`` seconds in a daemon thread."""
-
-    def __init__(self, service: IdsService, interval: float = 0.5) -> None:
-        self._service = service
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ql-quarantine", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._service.expire()
-            except Exception:
-                log.exception("expiring quarantines failed; trying again")

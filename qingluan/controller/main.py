@@ -21,7 +21,7 @@ from qingluan.controller.api_monitoring import monitoring_router
 from qingluan.controller.app import start_openflow
 from qingluan.controller.auth import load_or_create_token
 from qingluan.controller.config import ControllerConfig, parse_pool_ranges
-from qingluan.controller.ids import IdsService, QuarantineKeeper
+from qingluan.controller.ids import IdsService
 from qingluan.controller.metrics import ClusterView, Metrics
 from qingluan.controller.monitor.collector import SflowCollector
 from qingluan.controller.monitor.reactions import Reactor, ThresholdEvent
@@ -30,8 +30,8 @@ from qingluan.controller.monitoring import (
     RT_PREFIX,
     Cluster,
     MonitoringService,
-    ThresholdWatch,
 )
+from qingluan.controller.periodic import Periodic
 from qingluan.controller.pipeline import compute_bridge
 from qingluan.controller.reconciler import Reconciler
 from qingluan.controller.services import Services, StoreState
@@ -102,10 +102,10 @@ def run_controller(config: ControllerConfig) -> None:
             collector.start()
             stack.callback(collector.close)
             monitoring.collector = collector
-        keeper = QuarantineKeeper(ids)
+        keeper = Periodic("ql-quarantines", 0.5, ids.expire)  # lift those whose time is up
         keeper.start()
         stack.callback(keeper.close)
-        watch = ThresholdWatch(monitoring)
+        watch = Periodic("ql-thresholds", 1.0, monitoring.evaluate)
         watch.start()
         stack.callback(watch.close)
         stack.callback(monitoring.reactor.close)

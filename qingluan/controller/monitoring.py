@@ -440,28 +440,3 @@ def _proto_name(proto: int | None) -> str | None:
         return None
     known = _PROTO_NAMES.get(proto)
     return known.value if known is not None else str(proto)
-
-
-class ThresholdWatch:
-    """Calls ``MonitoringService.evaluate`` every ``interval`` seconds in a daemon thread."""
-
-    def __init__(self, service: MonitoringService, interval: float = 1.0) -> None:
-        self._service = service
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ql-thresholds", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._service.evaluate()
-            except Exception:
-                log.exception("evaluating the thresholds failed; trying again")
