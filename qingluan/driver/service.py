@@ -13,6 +13,11 @@ plugin that is down at dockerd's start stalls every container start):
    learner (``qingluan.driver.learner``), which asks the local Docker API for
    the network's and its containers' names from its own thread, later.
 
+Each sync also puts the IDS mirror port on the bridge (with ``--ids``) and, the
+first time, writes the controller's monitoring settings (sFlow, NetFlow, IPFIX) into
+the bridge; those are looked at again every ``settings_interval`` seconds and
+applied when they change. After the first sync the IDS starts (``ids_runner``).
+
 After that the same sync repeats every ``resync_interval`` seconds, so that
 plumbing removed behind the driver's back (a gateway device, an OVS port, an
 iptables chain) comes back while the driver runs.
@@ -140,6 +145,7 @@ class Driver:
         self.last_sweep: SweepReport | None = None
         self._stopping = threading.Event()
         self._monitoring: MonitoringSettings | None = None  # what the bridge exports now
+        self._monitoring_error: str | None = None
         self.ids: HostIds | None = None
         if config.ids is not None:
             self.ids = HostIds(
@@ -229,8 +235,12 @@ class Driver:
                     log.info("bridge export: %s", settings.model_dump_json())
                 self._monitoring = settings
         except Exception as exc:
-            log.warning("monitoring settings not applied: %s", exc)
+            reason = str(exc)
+            if reason != self._monitoring_error:  # once per cause, not every few seconds
+                log.warning("monitoring settings not applied: %s", reason)
+            self._monitoring_error = reason
             return False
+        self._monitoring_error = None
         return True
 
     def _warm_tunnels(self) -> None:
