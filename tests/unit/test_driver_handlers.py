@@ -12,6 +12,7 @@ from qingluan import names
 from qingluan.api_schema import (
     AddressReply,
     AddressRequest,
+    AlertReport,
     EndpointCreate,
     EndpointStatus,
     EndpointUpdate,
@@ -34,9 +35,13 @@ from qingluan.errors import (
     Unavailable,
 )
 from qingluan.model import (
+    AlertOutcome,
     DatapathType,
     Endpoint,
     Host,
+    IdsAction,
+    IdsAlert,
+    MonitoringSettings,
     Network,
     NetworkModel,
     Pool,
@@ -64,6 +69,7 @@ class FakeController:
         self.endpoints: dict[str, Endpoint] = {}
         self.fail: dict[str, QingluanError] = {}
         self.store_then_fail: set[str] = set()
+        self.settings = MonitoringSettings()
         self._key = 0
         self._carve = ipaddress.IPv4Network("10.210.0.0/16").subnets(new_prefix=24)
 
@@ -196,6 +202,15 @@ class FakeController:
         self._call("delete_endpoint", endpoint_id)
         self.endpoints.pop(endpoint_id, None)
 
+    def monitoring_settings(self) -> MonitoringSettings:
+        self._call("monitoring_settings")
+        return self.settings
+
+    def report_alert(self, body: AlertReport) -> AlertOutcome:
+        self._call("report_alert", body)
+        return AlertOutcome(alert=IdsAlert(**body.model_dump()), action=IdsAction.LOG,
+                            received_at=0.0)  # fmt: skip
+
 
 class FakeHost:
     """HostOps that records what would exist on the host."""
@@ -273,6 +288,15 @@ class FakeHost:
 
     def warm_tunnels(self, addresses: Sequence[str]) -> None:
         self.calls.append(("warm_tunnels", list(addresses)))
+
+    def apply_monitoring(
+        self, settings: MonitoringSettings, controller_url: str, agent: str | None = None
+    ) -> None:
+        self._call("apply_monitoring", (settings, controller_url, agent))
+
+    def ensure_ids_port(self) -> str:
+        self._call("ensure_ids_port", None)
+        return "qlids1"
 
     def underlay_mtu(self) -> int | None:
         return self.mtu

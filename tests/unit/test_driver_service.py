@@ -12,6 +12,7 @@ from pathlib import Path
 
 from qingluan.driver.service import Driver, DriverConfig
 from qingluan.errors import Unavailable
+from qingluan.model import MonitoringSettings
 from tests.unit.test_driver_handlers import FakeController, FakeHost
 from tests.unit.test_driver_server import post
 
@@ -96,3 +97,36 @@ def test_calls_fail_clearly_until_the_controller_is_back(tmp_path):
             time.sleep(0.05)
         assert post(sock, "NetworkDriver.DeleteEndpoint", ids) == (200, {})
     assert ctl.names().count("register_host") >= 2
+
+
+def test_monitoring_settings_are_applied_once_then_only_when_they_change(tmp_path):
+    driver, ctl, host = make(tmp_path)
+    driver.sync_once()
+    applied = [arg for name, arg in host.calls if name == "apply_monitoring"]
+    assert applied == [(MonitoringSettings(), driver.config.controller_url, None)]
+    assert driver.sync_monitoring() and driver.sync_once()
+    assert len([n for n in host.names() if n == "apply_monitoring"]) == 1  # unchanged
+    ctl.settings = MonitoringSettings.model_validate({"sflow": {"sampling": 64}})
+    assert driver.sync_monitoring()
+    last = [arg for name, arg in host.calls if name == "apply_monitoring"][-1]
+    assert last[0].sflow.sampling == 64  # type: ignore[index]
+
+
+def test_monitoring_settings_that_cannot_be_read_change_nothing(tmp_path):
+    driver, ctl, host = make(tmp_path)
+    ctl.fail["monitoring_settings"] = Unavailable("the controller is away")
+    assert driver.sync_monitoring() is False
+    assert "apply_monitoring" not in host.names()
+    del ctl.fail["monitoring_settings"]
+    assert driver.sync_monitoring() and "apply_monitoring" in host.names()
+
+
+def test_with_ids_every_sync_ensures_the_mirror_port(tmp_path):
+    ctl, host = FakeController(), FakeHost()
+    cfg = DriverConfig(host="node1", plugin_dir=tmp_path / "plugins", ids="snort",
+                       ids_dir=tmp_path / "ids")  # fmt: skip
+    driver = Driver(cfg, controller=ctl, host_ops=host)
+    driver.sync_once()
+    driver.sync_once()
+    assert host.names().count("ensure_ids_port") == 2
+    assert driver.ids is not None and driver.ids.kind == "snort"
