@@ -11,6 +11,7 @@ bridge in place of the controller's pipeline.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -196,6 +197,9 @@ def test_endpoint_veth_and_reuse_after_move(rig):
     info = link_json(ns, peer)
     assert info["address"] == mac and info["mtu"] == 1450
     assert "UP" not in info["flags"]  # Docker brings the container end up
+    for key in ("ipv4.conf.{}.arp_ignore", "ipv6.conf.{}.disable_ipv6",
+                "ipv4.conf.{}.route_localnet"):  # fmt: skip
+        assert ns.run("sysctl", "-n", "net." + key.format(port)).strip() == "1", key
     assert tx_checksum(ns, peer) == "off" and tx_checksum(ns, port) == "off"
     # Docker moves the container end into the sandbox; ensure again reuses the pair
     with Netns() as sandbox:
@@ -470,3 +474,42 @@ def test_nat_egress_and_published_ports_carry_traffic(rig):
                 proc.wait(5)
         host.remove_endpoint(web.id)
         host.remove_endpoint(client.id)
+
+
+def test_device_sysctls_in_the_root_namespace_write_proc_sys():
+    """The root namespace's path (make run): straight into /proc/sys, on a veth made here."""
+    from qingluan.driver.host.commands import Runner
+    from qingluan.driver.host.links import HostTuning
+
+    dev = "qlt" + secrets.token_hex(4)
+    subprocess.run(["ip", "link", "add", dev, "type", "veth", "peer", "name", dev + "p"],
+                   check=True, timeout=10)  # fmt: skip
+    try:
+        HostTuning(Runner()).device_sysctls(
+            dev, {"ipv4/arp_ignore": "1", "ipv4/route_localnet": "1", "ipv6/disable_ipv6": "1"}
+        )
+        base = Path("/proc/sys/net")
+        assert (base / "ipv4/conf" / dev / "arp_ignore").read_text().strip() == "1"
+        assert (base / "ipv4/conf" / dev / "route_localnet").read_text().strip() == "1"
+        assert (base / "ipv6/conf" / dev / "disable_ipv6").read_text().strip() == "1"
+        with pytest.raises(HostError, match="sysctl net/ipv4/conf/qlt-nonexistent"):
+            HostTuning(Runner()).device_sysctls("qlt-nonexistent", {"ipv4/arp_ignore": "1"})
+    finally:
+        subprocess.run(["ip", "link", "del", dev], check=False, timeout=10)
+
+
+def test_del_port_never_takes_a_port_off_another_bridge(rig):
+    _, _, host = rig
+    host.ovs.vsctl("add-br", "br-other", "--", "set", "bridge", "br-other", "datapath_type=netdev")
+    try:
+        host.ovs.vsctl("add-port", "br-other", "qlx0", "--", "set", "interface", "qlx0",
+                       "type=internal")  # fmt: skip
+        host.ovs.del_port("br-ql", "qlx0")  # not ours: refused by ovs-vsctl, fine
+        assert "qlx0" in host.ovs.port_names("br-other")
+        host.ovs.del_port("br-ql", "qlnothere")  # absent: fine
+        host.ovs.vsctl("add-port", "br-ql", "qlx1", "--", "set", "interface", "qlx1",
+                       "type=internal")  # fmt: skip
+        host.ovs.del_port("br-ql", "qlx1")
+        assert "qlx1" not in host.ovs.port_names("br-ql")
+    finally:
+        host.ovs.vsctl("--if-exists", "del-br", "br-other")

@@ -138,6 +138,11 @@ class FakeTuning:
     def sysctl(self, key: str, value: str, *, missing_ok: bool = False) -> None:
         self.sysctls[key] = value
 
+    def device_sysctls(self, dev: str, values: dict[str, str]) -> None:
+        for name, value in values.items():
+            family, _, leaf = name.partition("/")
+            self.sysctls[f"net.{family}.conf.{dev}.{leaf}"] = value
+
 
 def linux_host(
     present: set[str], *, v4: str = "", v6: str = "", datapath: DatapathType = DatapathType.NETDEV

@@ -12,9 +12,10 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -231,6 +232,10 @@ class Links:
             return int(msgs[0].get_attr("IFLA_MTU"))
 
 
+PROC_SYS = Path("/proc/sys")
+IPV6_SYSCTLS = PROC_SYS / "net" / "ipv6"  # kernel-wide: IPv6 is there or not
+
+
 class HostTuning:
     """ethtool offloads and sysctls (through the runner, so they land in its netns)."""
 
@@ -240,6 +245,28 @@ class HostTuning:
     def tx_offload_off(self, dev: str) -> None:
         """The userspace datapath with veths: TCP only works with TX checksum offload off."""
         self._runner.run(["ethtool", "-K", dev, "tx", "off"])
+
+    def device_sysctls(self, dev: str, values: Mapping[str, str]) -> None:
+        """Set per-device sysctls of ``dev`` (``{"ipv4/arp_ignore": "1", ...}``, under
+        ``net/<family>/conf/<dev>/``) in one go: written straight into ``/proc/sys`` in the
+        root namespace, one ``sysctl -w`` process for all of them in another. IPv6 keys
+        are skipped when the kernel has no IPv6."""
+        keys = {}
+        for name, value in values.items():
+            family, _, leaf = name.partition("/")
+            if family == "ipv6" and not IPV6_SYSCTLS.exists():
+                continue
+            keys[f"net/{family}/conf/{dev}/{leaf}"] = value
+        if not keys:
+            return
+        if self._runner.netns is None:
+            for key, value in keys.items():
+                try:
+                    (PROC_SYS / key).write_text(value)
+                except OSError as exc:
+                    raise HostError(f"sysctl {key}: {exc.strerror or exc}") from None
+            return
+        self._runner.run(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in keys.items())])
 
     def sysctl(self, key: str, value: str, *, missing_ok: bool = False) -> None:
         done = self._runner.run(["sysctl", "-n", key], check=False)

@@ -251,7 +251,7 @@ class LinuxHost:
 
     # ---- shared by gateways and endpoints ----
 
-    def _quiet(self, dev: str) -> None:
+    def _quiet(self, dev: str, *, route_localnet: bool = False) -> None:
         """No IPv6 autoconf chatter (router solicitations, DAD) into the bridge, and no
         ARP answer from ``dev`` for an address that is not on ``dev`` itself.
 
@@ -259,9 +259,14 @@ class LinuxHost:
         for any of the host's addresses on every interface, so a container asking
         for its gateway would also get the host end of its own veth as the answer
         (racing the flow table's answer), and its traffic would then reach the
-        host's stack beside Open vSwitch instead of through it."""
-        self.tuning.sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", "1", missing_ok=True)
-        self.tuning.sysctl(f"net.ipv4.conf.{dev}.arp_ignore", "1")
+        host's stack beside Open vSwitch instead of through it.
+
+        ``route_localnet``: the kernel checks loopback routing on the device where a
+        container's replies enter, needed for ``-p`` through 127.0.0.1."""
+        values = {"ipv6/disable_ipv6": "1", "ipv4/arp_ignore": "1"}
+        if route_localnet:
+            values["ipv4/route_localnet"] = "1"
+        self.tuning.device_sysctls(dev, values)
 
     def _offloads(self, *devs: str, tunnelled: bool = False) -> None:
         """TX checksum offload off on those of ``devs`` present here, if needed.
@@ -354,11 +359,7 @@ class LinuxHost:
             if created:
                 undo.callback(self._silently, self.links.delete, port)
             self._offloads(port, peer, tunnelled=is_tunnelled(network))
-            self._quiet(port)
-            if is_natted(network):
-                # the kernel checks loopback routing on the device where the
-                # container's replies enter: needed for -p via 127.0.0.1
-                self.tuning.sysctl(f"net.ipv4.conf.{port}.route_localnet", "1")
+            self._quiet(port, route_localnet=is_natted(network))
             self.links.set(port, up=True)
             self._attach(
                 port,
