@@ -27,8 +27,9 @@ from typing import Protocol
 from qingluan.api_schema import AlertReport, IdsPolicyCreate
 from qingluan.controller.interfaces import Converger
 from qingluan.controller.pipeline.quarantine import inspected
-from qingluan.controller.store import Store, load_all, next_id
-from qingluan.errors import Conflict, NotFound, QingluanError, Unavailable
+from qingluan.controller.rule_ids import claim_id, claim_priority
+from qingluan.controller.store import Store, load_all
+from qingluan.errors import NotFound, QingluanError, Unavailable
 from qingluan.model import (
     AclProtocol,
     AlertOutcome,
@@ -170,15 +171,9 @@ class IdsService:
     def create_policy(self, body: IdsPolicyCreate) -> IdsPolicy:
         with self._store.transaction() as tx:
             policies = load_all(tx, POLICIES, IdsPolicy)
-            policy_id = body.id or next_id("ids", (p.id for p in policies))
-            if any(p.id == policy_id for p in policies):
-                raise Conflict(f"IDS policy {policy_id} already exists")
-            taken = next((p for p in policies if p.priority == body.priority), None)
-            if taken is not None:
-                raise Conflict(
-                    f"priority {body.priority} is already IDS policy {taken.id}: every policy "
-                    "has its own priority (they decide the order)"
-                )
+            policy_id = claim_id(body.id, "ids", (p.id for p in policies), "IDS policy")
+            claim_priority(body.priority, policies, "IDS policy",
+                           "every policy has its own priority (they decide the order)")  # fmt: skip
             policy = IdsPolicy(id=policy_id, **body.model_dump(exclude={"id"}))
             tx.put(POLICIES + policy_id, policy)
         return policy

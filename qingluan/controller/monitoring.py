@@ -34,8 +34,9 @@ from qingluan.controller.monitor.reactions import Reaction, Reactor, SteeringSin
 from qingluan.controller.monitor.sflow import Datagram
 from qingluan.controller.monitor.sflowrt import SflowRtClient
 from qingluan.controller.monitor.traffic import FlowEstimate, FlowKey, TrafficTable
-from qingluan.controller.store import Store, next_id
-from qingluan.errors import Conflict, InvalidRequest, NotFound
+from qingluan.controller.rule_ids import claim_id
+from qingluan.controller.store import Store, load_all
+from qingluan.errors import InvalidRequest, NotFound
 from qingluan.model import AclProtocol, Endpoint, Host, MonitoringSettings, Network, Threshold
 
 log = logging.getLogger(__name__)
@@ -357,17 +358,12 @@ class MonitoringService:
     # ---- thresholds ----
 
     def list_thresholds(self) -> list[Threshold]:
-        return sorted(
-            (Threshold.model_validate(doc) for _, doc in self._store.scan(THRESHOLDS)),
-            key=lambda t: t.id,
-        )
+        return sorted(load_all(self._store, THRESHOLDS, Threshold), key=lambda t: t.id)
 
     def create_threshold(self, body: ThresholdCreate) -> Threshold:
         with self._store.transaction() as tx:
-            taken = {Threshold.model_validate(doc).id for _, doc in tx.scan(THRESHOLDS)}
-            threshold_id = body.id or next_id("threshold", taken)
-            if threshold_id in taken:
-                raise Conflict(f"threshold {threshold_id} already exists")
+            taken = (t.id for t in load_all(tx, THRESHOLDS, Threshold))
+            threshold_id = claim_id(body.id, "threshold", taken, "threshold")
             threshold = Threshold(id=threshold_id, **body.model_dump(exclude={"id"}))
             tx.put(THRESHOLDS + threshold_id, threshold)
         self.reactor.set_reactions([threshold_reaction(t) for t in self.list_thresholds()])

@@ -52,7 +52,8 @@ from qingluan.controller.config import (
 from qingluan.controller.interfaces import Converger
 from qingluan.controller.pipeline import Peer, Policy
 from qingluan.controller.pipeline.acl import names_network
-from qingluan.controller.store import KeyValue, Store, load, load_all, next_id
+from qingluan.controller.rule_ids import claim_id, claim_priority
+from qingluan.controller.store import KeyValue, Store, load, load_all
 from qingluan.errors import Conflict, InvalidRequest, NotFound, QingluanError, Unavailable
 from qingluan.model import (
     IDS_OPTION,
@@ -718,15 +719,9 @@ class Services(StoreState):
             rules = load_all(tx, ACLS, AclRule)
             networks = load_all(tx, NETWORKS, Network)
             endpoints = load_all(tx, ENDPOINTS, Endpoint)
-            rule_id = body.id or next_id("acl", (r.id for r in rules))
-            if any(r.id == rule_id for r in rules):
-                raise Conflict(f"ACL rule {rule_id} already exists")
-            taken = next((r for r in rules if r.priority == body.priority), None)
-            if taken is not None:
-                raise Conflict(
-                    f"priority {body.priority} is already ACL rule {taken.id}: every rule "
-                    "has its own priority (they decide the order)"
-                )
+            rule_id = claim_id(body.id, "acl", (r.id for r in rules), "ACL rule")
+            claim_priority(body.priority, rules, "ACL rule",
+                           "every rule has its own priority (they decide the order)")  # fmt: skip
             if body.scope is not None and not any(names_network(n, body.scope) for n in networks):
                 raise InvalidRequest(f"scope: unknown network {body.scope!r}")
             selectors = _selectors(body.src, body.dst, networks, endpoints)
@@ -798,15 +793,9 @@ class Services(StoreState):
             rules = load_all(tx, STEERING, SteeringRule)
             networks = load_all(tx, NETWORKS, Network)
             endpoints = load_all(tx, ENDPOINTS, Endpoint)
-            rule_id = body.id or next_id("steer", (r.id for r in rules))
-            if any(r.id == rule_id for r in rules):
-                raise Conflict(f"steering rule {rule_id} already exists")
-            taken = next((r for r in rules if r.priority == body.priority), None)
-            if taken is not None:
-                raise Conflict(
-                    f"priority {body.priority} is already steering rule {taken.id}: every "
-                    "rule has its own priority"
-                )
+            rule_id = claim_id(body.id, "steer", (r.id for r in rules), "steering rule")
+            claim_priority(body.priority, rules, "steering rule",
+                           "every rule has its own priority")  # fmt: skip
             selectors = _selectors(body.src, body.dst, networks, endpoints)
             if body.mirror_container is not None and not any(
                 e.container_name == body.mirror_container for e in endpoints
@@ -854,9 +843,7 @@ class Services(StoreState):
         """Store one expert flow, then converge the bridges it is for."""
         with self._store.transaction() as tx:
             flows = load_all(tx, RAWFLOWS, RawFlow)
-            flow_id = body.id or next_id("raw", (f.id for f in flows))
-            if any(f.id == flow_id for f in flows):
-                raise Conflict(f"raw flow {flow_id} already exists")
+            flow_id = claim_id(body.id, "raw", (f.id for f in flows), "raw flow")
             if body.host is not None and load(tx, host_key(body.host), Host) is None:
                 raise InvalidRequest(f"host: unknown host {body.host!r}")
             clash = next(

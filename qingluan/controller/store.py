@@ -22,7 +22,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -281,12 +281,3 @@ def load(kv: KeyValue, key: str, cls: type[M]) -> M | None:
 def load_all(kv: KeyValue, prefix: str, cls: type[M]) -> list[M]:
     """Every document under ``prefix`` as a ``cls``."""
     return [cls.model_validate(doc) for _, doc in kv.scan(prefix)]
-
-
-def next_id(prefix: str, taken: Iterable[str]) -> str:
-    """The first ``prefix-N`` (N = 1, 2, ...) not in ``taken``: ids of rules made without one."""
-    used = set(taken)
-    n = 1
-    while f"{prefix}-{n}" in used:
-        n += 1
-    return f"{prefix}-{n}"
