@@ -109,6 +109,13 @@ def _send(
     )
 
 
+def remove_one(args: argparse.Namespace, path: str, label: str, done: str = "removed") -> int:
+    """``DELETE <path>/<args.id>`` (authenticated), then say so."""
+    _send(args, "DELETE", f"{path}/{args.id}")
+    print(f"{label} {args.id} {done}")
+    return 0
+
+
 def cmd_host_rm(args: argparse.Namespace) -> int:
     params = {"force": "true"} if args.force else None
     _send(args, "DELETE", f"/hosts/{args.name}", params=params)
@@ -191,9 +198,7 @@ def cmd_steer_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_steer_rm(args: argparse.Namespace) -> int:
-    _send(args, "DELETE", f"/steering/{args.id}")
-    print(f"steering rule {args.id} removed")
-    return 0
+    return remove_one(args, "/steering", "steering rule")
 
 
 def cmd_raw_add(args: argparse.Namespace) -> int:
@@ -225,15 +230,11 @@ def cmd_raw_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_raw_rm(args: argparse.Namespace) -> int:
-    _send(args, "DELETE", f"/rawflows/{args.id}")
-    print(f"raw flow {args.id} removed")
-    return 0
+    return remove_one(args, "/rawflows", "raw flow")
 
 
 def cmd_acl_rm(args: argparse.Namespace) -> int:
-    _send(args, "DELETE", f"/acls/{args.id}")
-    print(f"ACL rule {args.id} removed")
-    return 0
+    return remove_one(args, "/acls", "ACL rule")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from qingluan.controller.config import DEFAULT_STATE_DIR
+from qingluan.status_view import table
 
 AddControllerArg = Callable[[argparse.ArgumentParser], None]
 
@@ -25,13 +26,6 @@ def _send(args: argparse.Namespace, method: str, path: str, body: object = None)
     from qingluan import cli
 
     return cli._send(args, method, path, body=body)
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    head = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
-    return "\n".join([head, *lines]).rstrip()
 
 
 # ---- ids -------------------------------------------------------------------------------
@@ -84,14 +78,14 @@ def cmd_policy_ls(args: argparse.Namespace) -> int:
         ]
         for p in _get(args, "/ids/policies")
     ]
-    print(_table(rows, ["PRIO", "ID", "SIGNATURE", "SEVERITY", "ACTION", "SCOPE", "FOR"]))
+    print(table(["PRIO", "ID", "SIGNATURE", "SEVERITY", "ACTION", "SCOPE", "FOR"], rows))
     return 0
 
 
 def cmd_policy_rm(args: argparse.Namespace) -> int:
-    _send(args, "DELETE", f"/ids/policies/{args.id}")
-    print(f"IDS policy {args.id} removed")
-    return 0
+    from qingluan import cli
+
+    return cli.remove_one(args, "/ids/policies", "IDS policy")
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
@@ -114,7 +108,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 a["signature"][:40],
             ]
         )
-    print(_table(rows, ["TIME", "HOST", "SID", "SEV", "FLOW", "ACTION", "SIGNATURE"]))
+    print(table(["TIME", "HOST", "SID", "SEV", "FLOW", "ACTION", "SIGNATURE"], rows))
     return 0
 
 
@@ -144,14 +138,14 @@ def cmd_quarantine_ls(args: argparse.Namespace) -> int:
                 q["reason"][:40],
             ]
         )
-    print(_table(rows, ["ID", "HOST", "ENDPOINT", "SCOPE", "LEFT", "ALERTS", "REASON"]))
+    print(table(["ID", "HOST", "ENDPOINT", "SCOPE", "LEFT", "ALERTS", "REASON"], rows))
     return 0
 
 
 def cmd_quarantine_rm(args: argparse.Namespace) -> int:
-    _send(args, "DELETE", f"/quarantines/{args.id}")
-    print(f"quarantine {args.id} lifted")
-    return 0
+    from qingluan import cli
+
+    return cli.remove_one(args, "/quarantines", "quarantine", "lifted")
 
 
 # ---- monitoring ------------------------------------------------------------------------
@@ -204,7 +198,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
         for f in data
     ]
     header = ["HOST", "NETWORK", "FROM", "TO", "PROTO", "MBIT/S", "PKT/S", "BYTES"]
-    print(_table(rows, header))
+    print(table(header, rows))
     return 0
 
 
@@ -223,7 +217,7 @@ def cmd_interfaces(args: argparse.Namespace) -> int:
         ]
         for i in data
     ]
-    print(_table(rows, ["HOST", "PORT", "CONTAINER", "IN MBIT/S", "OUT MBIT/S"]))
+    print(table(["HOST", "PORT", "CONTAINER", "IN MBIT/S", "OUT MBIT/S"], rows))
     return 0
 
 
@@ -231,7 +225,7 @@ def cmd_rt_flows(args: argparse.Namespace) -> int:
     data = _get(args, f"/monitoring/sflow-rt/activeflows/{args.name}",
                 {"max_flows": str(args.limit), "agent": args.agent})  # fmt: skip
     rows = [[f["key"], f"{f['value']:.1f}", f.get("agent") or ""] for f in data]
-    print(_table(rows, ["KEY", "VALUE", "AGENT"]))
+    print(table(["KEY", "VALUE", "AGENT"], rows))
     return 0
 
 
@@ -258,9 +252,9 @@ def cmd_threshold_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_threshold_rm(args: argparse.Namespace) -> int:
-    _send(args, "DELETE", f"/monitoring/thresholds/{args.id}")
-    print(f"threshold {args.id} removed")
-    return 0
+    from qingluan import cli
+
+    return cli.remove_one(args, "/monitoring/thresholds", "threshold")
 
 
 # ---- the parsers -----------------------------------------------------------------------
