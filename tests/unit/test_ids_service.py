@@ -13,6 +13,7 @@ from qingluan.controller.services import Services
 from qingluan.controller.store import SqliteStore
 from qingluan.errors import Conflict, NotFound, Unavailable
 from qingluan.model import AclProtocol, IdsAction, IdsAlert, IdsPolicy, QuarantineScope
+from tests.support.clock import Clock
 from tests.unit.test_services import (
     NET1,
     NET2,
@@ -21,14 +22,6 @@ from tests.unit.test_services import (
     reg,
     run_container,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -44,7 +37,7 @@ def world(tmp_path: Path):  # type: ignore[no-untyped-def]
     a = run_container(svc, "a" * 64, "02:00:00:00:00:0a", nid=NET1)
     b = run_container(svc, "b" * 64, "02:00:00:00:00:0b", nid=NET1)
     c = run_container(svc, "c" * 64, "02:00:00:00:00:0c", nid=NET2)  # not inspected
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     metrics = Metrics()
     ids = IdsService(store, conv, observer=metrics, wall_clock=clock)
     conv.calls.clear()

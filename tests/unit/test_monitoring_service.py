@@ -45,6 +45,7 @@ from qingluan.model import (
     SteeringAction,
     Threshold,
 )
+from tests.support.clock import Clock
 from tests.unit.test_services import RecordingConverger
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sflow"
@@ -70,14 +71,6 @@ def capture() -> tuple[tuple[str, float, Datagram], ...]:
             name, _size, arrived = line.split()
             out.append((name, float(arrived), decode_datagram((DATA / name).read_bytes())))
     return tuple(out)
-
-
-class Clock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 H1 = Host(name="h1", dpid=DPID, bridge="br0", datapath_type=DatapathType.NETDEV)

@@ -30,16 +30,9 @@ from qingluan.controller.services import Services
 from qingluan.controller.store import SqliteStore
 from qingluan.errors import Conflict, NotFound, Unavailable
 from qingluan.model import AclProtocol, AclSelector, SteeringAction, SteeringRule
+from tests.support.clock import Clock
 
 QUIET = 60.0
-
-
-@dataclass
-class Clock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -142,7 +135,7 @@ LIMIT = Reaction(
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1000.0)
 
 
 @pytest.fixture
