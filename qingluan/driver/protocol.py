@@ -337,36 +337,29 @@ def parse_network_options(options: Mapping[str, Any]) -> NetworkOptions:
         mtu = _number(f"--opt {key}", raw_mtu)
         if not MTU_MIN <= mtu <= MTU_MAX:
             raise InvalidRequest(f"--opt {key}={raw_mtu}: MTU must be {MTU_MIN}-{MTU_MAX}")
-    raw_default = opts.get(ACL_DEFAULT_OPTION)
-    if raw_default is not None:
-        value = raw_default.strip().lower()
-        if value not in ("allow", "deny"):
-            raise InvalidRequest(
-                f"--opt {ACL_DEFAULT_OPTION}={raw_default}: say allow or deny (what the "
-                "network's ACLs do with traffic no rule matches)"
-            )
-        opts[ACL_DEFAULT_OPTION] = value
-    raw_nat = opts.get(NAT_OPTION)
-    if raw_nat is not None:
-        if model is not NetworkModel.VXLAN:
-            raise InvalidRequest(
-                f"--opt {NAT_OPTION} is for vxlan networks; a {model.value} network "
-                "is NATed or not by its model (model=nat or model=nonat)"
-            )
-        value = raw_nat.strip().lower()
-        if value not in ("true", "false"):
-            raise InvalidRequest(f"--opt {NAT_OPTION}={raw_nat}: say true or false")
-        opts[NAT_OPTION] = value
-    raw_ids = opts.get(IDS_OPTION)
-    if raw_ids is not None:
-        value = raw_ids.strip().lower()
-        if value not in ("true", "false"):
-            raise InvalidRequest(
-                f"--opt {IDS_OPTION}={raw_ids}: say true or false (whether the host's IDS "
-                "inspects the network's traffic)"
-            )
-        opts[IDS_OPTION] = value
+    _choice(opts, ACL_DEFAULT_OPTION, ("allow", "deny"),
+            "what the network's ACLs do with traffic no rule matches")  # fmt: skip
+    if opts.get(NAT_OPTION) is not None and model is not NetworkModel.VXLAN:
+        raise InvalidRequest(
+            f"--opt {NAT_OPTION} is for vxlan networks; a {model.value} network "
+            "is NATed or not by its model (model=nat or model=nonat)"
+        )
+    _choice(opts, NAT_OPTION, ("true", "false"))
+    _choice(opts, IDS_OPTION, ("true", "false"),
+            "whether the host's IDS inspects the network's traffic")  # fmt: skip
     return NetworkOptions(model=model, vni=vni, mtu=mtu, internal=internal, extra=opts)
+
+
+def _choice(opts: dict[str, str], key: str, choices: tuple[str, str], why: str = "") -> None:
+    """``--opt key=`` one of two words, kept lowercase; anything else is refused."""
+    raw = opts.get(key)
+    if raw is None:
+        return
+    value = raw.strip().lower()
+    if value not in choices:
+        hint = f" ({why})" if why else ""
+        raise InvalidRequest(f"--opt {key}={raw}: say {choices[0]} or {choices[1]}{hint}")
+    opts[key] = value
 
 
 def _parse_vni(model: NetworkModel, raw: str | None) -> int | None:

@@ -121,8 +121,23 @@ class SflowDecodeError(ValueError):
     """A datagram that is not a well-formed sFlow v5 datagram."""
 
 
+class _SourceId:
+    """A sample's data source, sFlow's ``source_id``: class in the top 8 bits, index below."""
+
+    __slots__ = ()
+    source_id: int
+
+    @property
+    def source_id_type(self) -> int:
+        return self.source_id >> 24
+
+    @property
+    def source_id_index(self) -> int:
+        return self.source_id & 0xFFFFFF
+
+
 @dataclass(frozen=True, slots=True)
-class PacketSample:
+class PacketSample(_SourceId):
     """One sampled packet: the flow sample's counters and the packet's header fields.
 
     ``source_id`` is the data source as sent: class in the top 8 bits, index in
@@ -155,17 +170,9 @@ class PacketSample:
     dst_port: int | None
     vni: int | None
 
-    @property
-    def source_id_type(self) -> int:
-        return self.source_id >> 24
-
-    @property
-    def source_id_index(self) -> int:
-        return self.source_id & 0xFFFFFF
-
 
 @dataclass(frozen=True, slots=True)
-class InterfaceCounters:
+class InterfaceCounters(_SourceId):
     """One counter sample of one interface (generic interface counters record).
 
     Packet counts add unicast, multicast and broadcast packets. ``dpid`` and
@@ -189,14 +196,6 @@ class InterfaceCounters:
     of_port: int | None
     port_name: str | None
     sequence: int = 0
-
-    @property
-    def source_id_type(self) -> int:
-        return self.source_id >> 24
-
-    @property
-    def source_id_index(self) -> int:
-        return self.source_id & 0xFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
