@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,12 @@ def _get(args: argparse.Namespace, path: str, params: dict[str, str] | None = No
     from qingluan import cli
 
     return cli._call("GET", cli._controller_url(args) + "/v1" + path, params=params)
+
+
+def _add_given(body: dict[str, object], args: argparse.Namespace, keys: Sequence[str]) -> None:
+    from qingluan import cli
+
+    cli._add_given(body, args, keys)
 
 
 def _send(args: argparse.Namespace, method: str, path: str, body: object = None) -> Any:
@@ -56,10 +62,7 @@ def cmd_policy_add(args: argparse.Namespace) -> int:
         "duration": args.duration,
         "description": args.description,
     }
-    for key in ("id", "signature_id", "max_severity"):
-        value = getattr(args, key)
-        if value is not None:
-            body[key] = value
+    _add_given(body, args, ("id", "signature_id", "max_severity"))
     policy = _send(args, "POST", "/ids/policies", body=body)
     print(f"IDS policy {policy['id']} added")
     return 0
@@ -237,10 +240,7 @@ def cmd_threshold_add(args: argparse.Namespace) -> int:
         "quiet_seconds": args.quiet,
         "protocol": args.protocol,
     }
-    for key in ("id", "rate_kbps"):
-        value = getattr(args, key)
-        if value is not None:
-            body[key] = value
+    _add_given(body, args, ("id", "rate_kbps"))
     threshold = _send(args, "POST", "/monitoring/thresholds", body=body)
     print(f"threshold {threshold['id']} added")
     return 0
