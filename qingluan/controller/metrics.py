@@ -98,10 +98,17 @@ class _ClusterCollector(Collector):
             flows.add_metric([host], n_flows)
             groups.add_metric([host], n_groups)
         yield from (connected, flows, groups)
-        yield from self._port_metrics(up)
-        yield from self._sflow_metrics()
+        try:
+            endpoints = view.endpoints()
+        except Exception:
+            log.exception("metrics: cannot list the endpoints")
+            endpoints = []
+        yield from self._port_metrics(up, endpoints)
+        yield from self._sflow_metrics(endpoints)
 
-    def _port_metrics(self, hosts: list[str]) -> Iterator[Metric]:
+    def _port_metrics(
+        self, hosts: list[str], endpoints: list[tuple[Endpoint, Network | None]]
+    ) -> Iterator[Metric]:
         view = self._view
         families = {
             name: self._counter(name)
@@ -112,19 +119,17 @@ class _ClusterCollector(Collector):
                 "qingluan_endpoint_received_packets_total",
             )
         }
-        try:
-            endpoints = view.endpoints()
-        except Exception:
-            log.exception("metrics: cannot list the endpoints")
-            endpoints = []
+        by_host: dict[str, list[tuple[Endpoint, Network | None]]] = {}
+        for endpoint, network in endpoints:
+            by_host.setdefault(endpoint.host, []).append((endpoint, network))
         for host in hosts:
             try:
                 counters = view.port_counters(host)
             except Exception as exc:
                 log.warning("metrics: no port stats from host %s: %s", host, exc)
                 continue
-            for endpoint, network in endpoints:
-                c = counters.get(endpoint.port_name) if endpoint.host == host else None
+            for endpoint, network in by_host.get(host, []):
+                c = counters.get(endpoint.port_name)
                 if c is None:
                     continue
                 labels = _labels(endpoint, network)
@@ -137,18 +142,18 @@ class _ClusterCollector(Collector):
                 )
         yield from families.values()
 
-    def _sflow_metrics(self) -> Iterator[Metric]:
+    def _sflow_metrics(self, endpoints: list[tuple[Endpoint, Network | None]]) -> Iterator[Metric]:
         view = self._view
         sent_bytes = self._counter("qingluan_sflow_sent_bytes_total")
         sent_packets = self._counter("qingluan_sflow_sent_packets_total")
         try:
             sent = view.sflow_sent()
-            endpoints = {e.id: (e, n) for e, n in view.endpoints()} if sent else {}
         except Exception:
             log.exception("metrics: no sFlow estimates")
-            sent, endpoints = {}, {}
+            sent = {}
+        by_id = {e.id: (e, n) for e, n in endpoints}
         for endpoint_id, traffic in sent.items():
-            found = endpoints.get(endpoint_id)
+            found = by_id.get(endpoint_id)
             if found is None:
                 continue
             labels = _labels(*found)

@@ -13,6 +13,8 @@ Store layout (one JSON document per key)::
     allocations/<pool id>/<address>   Allocation
     networks/<network id>             Network
     endpoints/<endpoint id>           Endpoint
+    acls/<id>, steering/<id>, rawflows/<id>   AclRule, SteeringRule, RawFlow
+    quarantines/<id>                  Quarantine (made by qingluan.controller.ids)
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ ENDPOINTS = "endpoints/"
 ACLS = "acls/"
 STEERING = "steering/"
 RAWFLOWS = "rawflows/"
-QUARANTINES = "quarantines/"  # written by qingluan.controller.ids
+QUARANTINES = "quarantines/"  # Quarantine, written by qingluan.controller.ids
 
 DEFAULT_MTU = 1500
 # A VXLAN header costs 50 bytes of a 1500-byte underlay; the driver, which
