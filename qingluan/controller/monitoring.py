@@ -169,8 +169,6 @@ class MonitoringService:
         self._clock = clock
         self._lock = threading.Lock()
         self._sent: dict[tuple[str, str], EndpointTraffic] = {}  # (agent, eth_src)
-        self._datagrams: dict[str, int] = {}  # agent
-        self._agents: dict[str, int] = {}  # agent -> dpid
         self._events = 0
         self.reactor = Reactor(sink, [threshold_reaction(t) for t in self.list_thresholds()],
                                clock=clock, id_prefix=AUTO_PREFIX)  # fmt: skip
@@ -195,20 +193,13 @@ class MonitoringService:
     def on_datagram(self, datagram: Datagram) -> None:
         """Per (agent, source MAC) totals that only grow (the table forgets idle flows)."""
         with self._lock:
-            self._datagrams[datagram.agent] = self._datagrams.get(datagram.agent, 0) + 1
-            for counters in datagram.counters:
-                if counters.dpid is not None:
-                    self._agents[datagram.agent] = counters.dpid
             for sample in datagram.packets:
                 traffic = self._sent.setdefault((sample.agent, sample.eth_src), EndpointTraffic())
                 traffic.packets += sample.sampling_rate
                 traffic.bytes += sample.sampling_rate * sample.frame_length
 
     def _host_of(self, agent: str, cluster: Cluster) -> str | None:
-        with self._lock:
-            dpid = self._agents.get(agent)
-        if dpid is None:
-            dpid = self.table.agent_dpid(agent)
+        dpid = self.table.agent_dpid(agent)  # from the agent's OpenFlow-port records
         return cluster.host_by_dpid.get(dpid) if dpid is not None else None
 
     def sent_by_endpoint(self) -> dict[str, EndpointTraffic]:
@@ -233,10 +224,9 @@ class MonitoringService:
 
     def datagrams_by_host(self) -> dict[str, int]:
         cluster = self._cluster()
-        with self._lock:
-            items = list(self._datagrams.items())
         out: dict[str, int] = {}
-        for agent, count in items:
+        for agent, stats in self.table.agents().items():
+            count = stats.datagrams
             host = self._host_of(agent, cluster) or agent
             out[host] = out.get(host, 0) + count
         return out
