@@ -27,7 +27,6 @@ from qingluan.controller.monitor.collector import SflowCollector
 from qingluan.controller.monitor.reactions import Reactor, ThresholdEvent
 from qingluan.controller.monitor.sflowrt import SflowRtClient, SflowRtPoller
 from qingluan.controller.monitoring import (
-    RT_PREFIX,
     Cluster,
     MonitoringService,
 )
@@ -35,7 +34,7 @@ from qingluan.controller.periodic import Periodic
 from qingluan.controller.pipeline import compute_bridge
 from qingluan.controller.reconciler import Reconciler
 from qingluan.controller.services import Services, StoreState
-from qingluan.controller.sflowrt_setup import RtSetup, load_setup
+from qingluan.controller.sflowrt_setup import RT_PREFIX, RtSetup, load_setup
 from qingluan.controller.store import SqliteStore
 from qingluan.model import Endpoint, Network, SteeringRule
 

@@ -63,9 +63,6 @@ def save_settings(store: Store, settings: MonitoringSettings, collector_port: in
 # ---- thresholds ----------------------------------------------------------------------
 
 THRESHOLDS = "thresholds/"
-DEFAULT_WINDOW = 5.0  # seconds a threshold's rate is measured over
-AUTO_PREFIX = "auto-"  # ids of the steering rules thresholds make
-RT_PREFIX = "auto-rt-"  # ... and those sFlow-RT's events make
 _PROTO_NAMES = {1: AclProtocol.ICMP, 6: AclProtocol.TCP, 17: AclProtocol.UDP}
 
 
@@ -76,13 +73,14 @@ def threshold_reaction(threshold: Threshold) -> Reaction:
         rate_kbps=threshold.rate_kbps,
         burst_kbits=threshold.burst_kbits,
         quiet_seconds=threshold.quiet_seconds,
-        priority_base=EMBEDDED_PRIORITIES[0],
-        priority_slots=EMBEDDED_PRIORITIES[1],
+        priority_base=EMBEDDED_PRIORITY_BASE,
+        priority_slots=EMBEDDED_PRIORITY_SLOTS,
     )
 
 
-EMBEDDED_PRIORITIES = (3900, 50)  # base, slots: 3900-3949
-RT_PRIORITIES = (3950, 50)  # 3950-3999
+# automatic rules of thresholds: ids auto-<priority> (the reactor's default prefix),
+# priorities 3900-3949; sFlow-RT's are in qingluan.controller.sflowrt_setup
+EMBEDDED_PRIORITY_BASE, EMBEDDED_PRIORITY_SLOTS = 3900, 50
 
 
 def selects(threshold: Threshold, key: FlowKey) -> bool:
@@ -171,7 +169,7 @@ class MonitoringService:
         self._sent: dict[tuple[str, str], EndpointTraffic] = {}  # (agent, eth_src)
         self._events = 0
         self.reactor = Reactor(sink, [threshold_reaction(t) for t in self.list_thresholds()],
-                               clock=clock, id_prefix=AUTO_PREFIX)  # fmt: skip
+                               clock=clock)  # fmt: skip
         self.recent_events: list[ThresholdEvent] = []
         self.collector: SflowCollector | None = None  # set when it runs
         self.rt_client: SflowRtClient | None = None  # set with --sflow-rt

@@ -26,6 +26,7 @@ from qingluan.controller.monitor.reactions import Reaction
 from qingluan.controller.monitor.sflowrt import FlowSpec, ThresholdSpec
 
 RT_PRIORITY_BASE, RT_PRIORITY_SLOTS = 3950, 50
+RT_PREFIX = "auto-rt-"  # ids of the steering rules sFlow-RT's events make
 
 
 class _Flow(BaseModel):
