@@ -29,7 +29,7 @@ from qingluan.controller.interfaces import Converger
 from qingluan.controller.pipeline.quarantine import inspected
 from qingluan.controller.rule_ids import claim_id, claim_priority
 from qingluan.controller.services import ENDPOINTS, NETWORKS, QUARANTINES, endpoint_key
-from qingluan.controller.store import Store, load_all
+from qingluan.controller.store import Store, load, load_all
 from qingluan.errors import NotFound, QingluanError, Unavailable
 from qingluan.model import (
     AclProtocol,
@@ -191,36 +191,29 @@ class IdsService:
         started = time.perf_counter() if received is None else received
         now = self._now()
         alert = IdsAlert(**report.model_dump())
+        held: Quarantine | None = None
+        quarantine: Quarantine | None = None
         with self._store.transaction() as tx:
             policy = decide(load_all(tx, POLICIES, IdsPolicy), alert)
-            if policy is None or policy.action is IdsAction.LOG:
-                return self._done(
-                    AlertOutcome(
-                        alert=alert,
-                        action=IdsAction.LOG,
-                        policy_id=policy.id if policy else None,
-                        reason="" if policy else "no policy matches: logged only",
-                        received_at=now,
-                    )
+            why = "no policy matches: logged only" if policy is None else ""
+            if policy is not None and policy.action is IdsAction.QUARANTINE:
+                endpoints = load_all(tx, ENDPOINTS, Endpoint)
+                endpoint, why = offender(alert, endpoints, load_all(tx, NETWORKS, Network))
+                if endpoint is not None:
+                    fresh = new_quarantine(endpoint, policy, alert, now)
+                    held = load(tx, QUARANTINES + fresh.id, Quarantine)
+                    quarantine = refreshed(held, fresh) if held is not None else fresh
+                    tx.put(QUARANTINES + quarantine.id, quarantine)
+        if policy is None or quarantine is None:
+            return self._done(
+                AlertOutcome(
+                    alert=alert,
+                    action=IdsAction.LOG,
+                    policy_id=policy.id if policy else None,
+                    reason=why,
+                    received_at=now,
                 )
-            endpoints = load_all(tx, ENDPOINTS, Endpoint)
-            networks = load_all(tx, NETWORKS, Network)
-            endpoint, why = offender(alert, endpoints, networks)
-            if endpoint is None:
-                return self._done(
-                    AlertOutcome(
-                        alert=alert,
-                        action=IdsAction.LOG,
-                        policy_id=policy.id,
-                        reason=why,
-                        received_at=now,
-                    )
-                )
-            fresh = new_quarantine(endpoint, policy, alert, now)
-            held_doc = tx.get(QUARANTINES + fresh.id)
-            held = Quarantine.model_validate(held_doc) if held_doc is not None else None
-            quarantine = refreshed(held, fresh) if held is not None else fresh
-            tx.put(QUARANTINES + quarantine.id, quarantine)
+            )
         confirm: float | None = None
         if held is None:
             confirm = self._apply(quarantine.host, started)
