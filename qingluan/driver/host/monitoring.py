@@ -50,30 +50,19 @@ def export_commands(
     bridge: str, settings: MonitoringSettings, controller_url: str, agent: str | None = None
 ) -> list[str]:
     """``ovs-vsctl`` arguments (one transaction) for sFlow, NetFlow and IPFIX on ``bridge``."""
+    s, n, i = settings.sflow, settings.netflow, settings.ipfix
+    sflow_columns = [f"sampling={s.sampling}", f"polling={s.polling}", f"header={s.header}"]
+    if agent:
+        sflow_columns.append(f'agent="{agent}"')  # quoted: an IPv6 address has colons
     args: list[str] = []
-    sflow = sflow_targets(settings, controller_url)
-    if sflow:
-        s = settings.sflow
-        args += ["--", "--id=@sflow", "create", "sflow", f"targets={_quoted(sflow)}"]
-        args += [f"sampling={s.sampling}", f"polling={s.polling}", f"header={s.header}"]
-        if agent:
-            args.append(f'agent="{agent}"')  # quoted: an IPv6 address has colons
-        args += ["--", "set", "bridge", bridge, "sflow=@sflow"]
-    else:
-        args += ["--", "clear", "bridge", bridge, "sflow"]
-    netflow = settings.netflow
-    if netflow.targets:
-        args += ["--", "--id=@netflow", "create", "netflow"]
-        args += [f"targets={_quoted(list(netflow.targets))}"]
-        args += [f"active_timeout={netflow.active_timeout}"]
-        args += ["--", "set", "bridge", bridge, "netflow=@netflow"]
-    else:
-        args += ["--", "clear", "bridge", bridge, "netflow"]
-    ipfix = settings.ipfix
-    if ipfix.targets:
-        args += ["--", "--id=@ipfix", "create", "ipfix"]
-        args += [f"targets={_quoted(list(ipfix.targets))}", f"sampling={ipfix.sampling}"]
-        args += ["--", "set", "bridge", bridge, "ipfix=@ipfix"]
-    else:
-        args += ["--", "clear", "bridge", bridge, "ipfix"]
+    for table, targets, columns in (
+        ("sflow", sflow_targets(settings, controller_url), sflow_columns),
+        ("netflow", list(n.targets), [f"active_timeout={n.active_timeout}"]),
+        ("ipfix", list(i.targets), [f"sampling={i.sampling}"]),
+    ):
+        if not targets:
+            args += ["--", "clear", "bridge", bridge, table]
+            continue
+        args += ["--", f"--id=@{table}", "create", table, f"targets={_quoted(targets)}", *columns]
+        args += ["--", "set", "bridge", bridge, f"{table}=@{table}"]
     return args
