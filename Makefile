@@ -9,7 +9,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements.txt requirements-dev.txt pyproject.toml
 APT_PACKAGES := openvswitch-switch docker.io iperf3 iptables busybox-static ethtool conntrack \
-	iproute2 procps psmisc pmacct
+	iproute2 procps psmisc
+# only for the tests: pmacct's sfacctd, the independent sFlow collector of the cross-check
+TEST_APT_PACKAGES := pmacct
 # only needed to create the venv on a bare Debian/Ubuntu (ensurepip is split out there)
 VENV_PACKAGE := python3-venv
 PYTEST_ARGS ?=
@@ -77,6 +79,7 @@ test-unit: venv
 	$(VENV)/bin/pytest -q -n 2 tests/unit $(PYTEST_ARGS)
 
 test-integration: deps venv
+	@$(call apt_install_missing,$(TEST_APT_PACKAGES))
 	$(VENV)/bin/pytest -q tests/integration $(PYTEST_ARGS)
 
 test: deps venv lint
