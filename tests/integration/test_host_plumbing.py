@@ -268,6 +268,13 @@ def test_rollback_when_ovs_refuses_the_port(rig):
     assert port in host.ovs.port_names("br-other")  # not ours: untouched
 
 
+def test_a_port_whose_device_is_missing_is_refused_and_detached(rig):
+    _, _, host = rig
+    with pytest.raises(HostError, match="cannot attach qlvnodev to br-ql: could not open"):
+        host.ovs.add_port("br-ql", "qlvnodev", {"qingluan-owner": "qingluan"})
+    assert "qlvnodev" not in host.ovs.port_names("br-ql")
+
+
 def test_foreign_device_with_our_name_is_not_deleted(rig):
     ns, _, host = rig
     dev = names.gateway_dev(NAT_ID)
@@ -504,7 +511,7 @@ def test_del_port_never_takes_a_port_off_another_bridge(rig):
     try:
         host.ovs.vsctl("add-port", "br-other", "qlx0", "--", "set", "interface", "qlx0",
                        "type=internal")  # fmt: skip
-        host.ovs.del_port("br-ql", "qlx0")  # not ours: refused by ovs-vsctl, fine
+        host.ovs.del_port("br-ql", "qlx0")  # not on br-ql: nothing to do
         assert "qlx0" in host.ovs.port_names("br-other")
         host.ovs.del_port("br-ql", "qlnothere")  # absent: fine
         host.ovs.vsctl("add-port", "br-ql", "qlx1", "--", "set", "interface", "qlx1",

@@ -5,20 +5,14 @@ database has to take them)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from qingluan.driver.host.monitoring import collector_target, export_commands, sflow_targets
 from qingluan.model import MonitoringSettings
-from tests.support.ovs import SCHEMA
-from tests.support.proc import wait_until
+from tests.support.ovsdb_server import Vsctl, ovsdb_server
 
 URL = "http://10.0.0.5:6680"
 
@@ -166,69 +160,12 @@ def test_an_ipv6_controller_gets_a_bracketed_default_target() -> None:
 
 # ---- a real OVSDB takes them ---------------------------------------------------------
 
-TOOLS = ("ovsdb-tool", "ovsdb-server", "ovs-vsctl")
-Vsctl = Callable[..., str]
-
 
 @pytest.fixture
 def vsctl() -> Iterator[Vsctl]:
     """``ovs-vsctl --no-wait`` against a fresh database with bridge br0."""
-    if not all(shutil.which(t) for t in TOOLS) or not SCHEMA.exists():
-        pytest.skip("Open vSwitch's database tools are not installed")
-    root = Path(tempfile.mkdtemp(prefix="qlt-db-"))  # short: a unix socket path
-    env = {
-        **os.environ,
-        **{v: str(root) for v in ("OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR")},
-    }
-    db, sock = root / "conf.db", root / "db.sock"
-    server: subprocess.Popen[bytes] | None = None
-    try:
-        subprocess.run(
-            ["ovsdb-tool", "create", str(db), str(SCHEMA)],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=10,
-        )
-        server = subprocess.Popen(
-            [
-                "ovsdb-server",
-                str(db),
-                f"--remote=punix:{sock}",
-                f"--unixctl={root / 'ctl'}",
-                f"--log-file={root / 'ovsdb-server.log'}",
-                "--no-chdir",
-            ],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(sock.exists, 10, "the ovsdb-server socket")
-
-        def run(*args: str) -> str:
-            proc = subprocess.run(
-                ["ovs-vsctl", f"--db=unix:{sock}", "--no-wait", "--timeout=5", *args],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            )
-            assert proc.returncode == 0, f"ovs-vsctl {' '.join(args)}: {proc.stderr.strip()}"
-            return proc.stdout
-
-        run("init")
-        run("add-br", "br0")
-        yield run
-    finally:
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=5)
-        shutil.rmtree(root, ignore_errors=True)
+    with ovsdb_server("br0") as server:
+        yield server.vsctl
 
 
 def _value(cell: Any) -> Any:

@@ -1,9 +1,13 @@
-"""The integration bridge and its ports, through ``ovs-vsctl``.
+"""The integration bridge and its ports.
 
-Every change is create-or-reuse (``--may-exist``/``--if-exists``) and waits
-until ovs-vswitchd applied it (no ``--no-wait``), bounded by ``--timeout``.
-Ownership is recorded in ``Interface.external_ids`` so a restarted driver and
-the start-up sweep find qingluan's ports again.
+The bridge, tunnels and export settings go through ``ovs-vsctl``; the ports of
+endpoints, gateways and uplinks (``add_port``, ``del_port``, ``port_names``: on
+the path of every ``docker run``) through the native client in
+:mod:`qingluan.driver.host.ovsdb`, on the same database target. Every change is
+create-or-reuse (``--may-exist``/``--if-exists``) and bounded by the timeout;
+an added port is reported only once ovs-vswitchd has opened it. Ownership is
+recorded in ``Interface.external_ids`` so a restarted driver and the start-up
+sweep find qingluan's ports again.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qingluan.driver.host.commands import HostError, Runner
+from qingluan.driver.host.ovsdb import Ovsdb, decode
 from qingluan.model import DatapathType
 
 log = logging.getLogger(__name__)
@@ -70,24 +75,12 @@ def detect_datapath_type(sys_module: Path = Path("/sys/module/openvswitch")) -> 
     return DatapathType.SYSTEM
 
 
-def _decode(value: Any) -> Any:
-    """An OVSDB JSON datum as Python: maps -> dict, sets -> list, uuids -> str."""
-    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
-        kind, data = value
-        if kind == "map":
-            return {k: _decode(v) for k, v in data}
-        if kind == "set":
-            return [_decode(v) for v in data]
-        if kind in ("uuid", "named-uuid"):
-            return data
-    return value
-
-
 class Ovs:
     def __init__(self, runner: Runner, *, db: str | None = None, timeout: int = 10) -> None:
         self._runner = runner
         self._db = db
         self._timeout = timeout
+        self.native = Ovsdb(db, timeout=timeout)
 
     def vsctl(self, *args: str) -> str:
         cmd = ["ovs-vsctl", f"--timeout={self._timeout}"]
@@ -100,8 +93,7 @@ class Ovs:
         out = self.vsctl("--format=json", f"--columns={','.join(columns)}", "list", table, *records)
         doc = json.loads(out)
         return [
-            {h: _decode(v) for h, v in zip(doc["headings"], row, strict=True)}
-            for row in doc["data"]
+            {h: decode(v) for h, v in zip(doc["headings"], row, strict=True)} for row in doc["data"]
         ]
 
     # ---- the switch ----
@@ -182,15 +174,10 @@ class Ovs:
     # ---- ports ----
 
     def add_port(self, bridge: str, port: str, external_ids: Mapping[str, str]) -> None:
-        """Attach ``port`` with these external_ids; fail (and detach) if OVS cannot open it."""
-        ids = [f"external_ids:{k}={v}" for k, v in sorted(external_ids.items())]
-        cmd = ["--may-exist", "add-port", bridge, port]
-        if ids:
-            cmd += ["--", "set", "interface", port, *ids]
-        self.vsctl(*cmd)
-        row = self.rows("interface", ["ofport", "error"], port)[0]
-        error = row["error"]
-        if error or row["ofport"] == -1:
+        """Attach ``port`` with these external_ids (or keep it and set them); fail (and
+        detach it) if OVS cannot open it."""
+        ofport, error = self.native.add_port(bridge, port, external_ids)
+        if error or ofport == -1:
             self.del_port(bridge, port)
             raise HostError(
                 f"Open vSwitch cannot attach {port} to {bridge}: {error or 'no ofport'}"
@@ -241,17 +228,13 @@ class Ovs:
             *([f"other_config:hwaddr={hwaddr}"] if hwaddr else []),
         )
 
-    def del_port(self, bridge: str, port: str) -> None:
-        """Detach ``port`` from ``bridge`` if it is there (never from another bridge: then
-        ovs-vsctl refuses, and that is fine). One ovs-vsctl process."""
-        try:
-            self.vsctl("--if-exists", "del-port", bridge, port)
-        except HostError as exc:
-            if f"bridge {bridge} does not have a port {port}" not in str(exc):
-                raise
+    def del_port(self, bridge: str, port: str, *, wait: bool = False) -> None:
+        """Detach ``port`` from ``bridge`` if it is there (never from another bridge).
+        ``wait``: until ovs-vswitchd applied it, before the same name is added again."""
+        self.native.del_port(bridge, port, wait=wait)
 
     def port_names(self, bridge: str) -> list[str]:
-        return [p for p in self.vsctl("list-ports", bridge).splitlines() if p.strip()]
+        return self.native.port_names(bridge)
 
     def interface_ids(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         """external_ids of these interfaces (absent names are left out)."""

@@ -290,7 +290,7 @@ class LinuxHost:
         device under that name and would not open the new one."""
         on_bridge = port in self.ovs.port_names(self._bridge)
         if on_bridge and created:
-            self.ovs.del_port(self._bridge, port)
+            self.ovs.del_port(self._bridge, port, wait=True)
             on_bridge = False
         if not on_bridge:
             undo.callback(self._silently, self.ovs.del_port, self._bridge, port)
