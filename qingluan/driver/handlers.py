@@ -168,6 +168,15 @@ class NetworkDriver:
         self._on_network_change = on_network_change
         self._locks = KeyedLocks()
         self._nat_lock = threading.Lock()
+        # What the hot calls read without asking the controller again. Networks: only
+        # what is fixed at creation is used here (model, subnet, gateway, MTU, options;
+        # name and ids can change through REST and are not read from this copy).
+        # Endpoints: the ones this process created, as it last wrote them; only Join,
+        # EndpointOperInfo and a ProgramExternalConnectivity that publishes nothing
+        # read them. Removal (RevokeExternalConnectivity, DeleteEndpoint) always asks
+        # the controller, so a mapping set elsewhere is never left in iptables.
+        self._networks: dict[str, Network] = {}
+        self._endpoints: dict[str, Endpoint] = {}
 
     @contextmanager
     def _hold(self, key: str) -> Iterator[None]:
@@ -245,6 +254,7 @@ class NetworkDriver:
                     self._undo("delete network", self._controller.delete_network, network.id)
                 self._undo("resync NAT", self._sync_nat)
                 raise
+            self._networks[network.id] = network
         log.info(
             "network %s: %s %s gateway %s",
             short(network.id),
@@ -291,6 +301,7 @@ class NetworkDriver:
         # A flat network's uplink NIC stays on the bridge: other flat networks of the same
         # physical network may use it, and attaching it again is all a next one needs.
         with self._hold(req.network_id):
+            self._networks.pop(req.network_id, None)
             self._controller.delete_network(req.network_id)
             self._host_ops.remove_gateway(req.network_id)
             self._sync_nat()
@@ -299,6 +310,9 @@ class NetworkDriver:
     # ---- endpoints ----
 
     def _network(self, network_id: str) -> Network:
+        cached = self._networks.get(network_id)
+        if cached is not None:
+            return cached
         network = self._controller.get_network(network_id)
         if network is None:
             raise NotFound(
@@ -310,7 +324,12 @@ class NetworkDriver:
             raise Conflict(
                 f"network {short(network_id)} belongs to host {network.host}, not {self.host}"
             )
+        self._networks[network_id] = network
         return network
+
+    def _endpoint(self, endpoint_id: str) -> Endpoint | None:
+        cached = self._endpoints.get(endpoint_id)
+        return cached if cached is not None else self._controller.get_endpoint(endpoint_id)
 
     def create_endpoint(self, req: CreateEndpointRequest) -> CreateEndpointReply:
         address = endpoint_address(req.interface)
@@ -331,20 +350,21 @@ class NetworkDriver:
                 self._undo("remove endpoint veth", self._host_ops.remove_endpoint, req.endpoint_id)
                 raise InvalidRequest(validation_message(exc)) from None
             try:
-                self._controller.create_endpoint(req.endpoint_id, body)
+                status = self._controller.create_endpoint(req.endpoint_id, body)
             except Exception as exc:
                 log.warning("CreateEndpoint %s failed: undoing", short(req.endpoint_id))
                 if _controller_may_have_stored(exc):
                     self._undo("delete endpoint", self._controller.delete_endpoint, req.endpoint_id)
                 self._undo("remove endpoint veth", self._host_ops.remove_endpoint, req.endpoint_id)
                 raise
+            self._endpoints[req.endpoint_id] = status.endpoint
         log.info("endpoint %s: %s %s on %s", short(req.endpoint_id), address, mac, port)
         if given_mac:
             return CreateEndpointReply()
         return CreateEndpointReply(interface=InterfaceReply(mac_address=mac))
 
     def endpoint_oper_info(self, req: EndpointRequest) -> EndpointOperInfoReply:
-        ep = self._controller.get_endpoint(req.endpoint_id)
+        ep = self._endpoint(req.endpoint_id)
         if ep is None:
             return EndpointOperInfoReply()
         value: dict[str, object] = {
@@ -360,6 +380,7 @@ class NetworkDriver:
 
     def delete_endpoint(self, req: EndpointRequest) -> EmptyReply:
         with self._hold(req.endpoint_id):
+            self._endpoints.pop(req.endpoint_id, None)
             ep = self._controller.get_endpoint(req.endpoint_id)
             self._controller.delete_endpoint(req.endpoint_id)
             self._host_ops.remove_endpoint(req.endpoint_id)
@@ -370,7 +391,7 @@ class NetworkDriver:
     def join(self, req: JoinRequest) -> JoinReply:
         with self._hold(req.endpoint_id):
             network = self._network(req.network_id)
-            ep = self._controller.get_endpoint(req.endpoint_id)
+            ep = self._endpoint(req.endpoint_id)
             if ep is None:
                 raise NotFound(
                     f"endpoint {short(req.endpoint_id)} is not known to the qingluan controller"
@@ -409,6 +430,9 @@ class NetworkDriver:
                 )
             return EmptyReply()
         with self._hold(req.endpoint_id), self._nat_lock:
+            known = self._endpoints.get(req.endpoint_id)
+            if not mappings and known is not None and not known.port_mappings:
+                return EmptyReply()  # nothing published, nothing to revoke: no iptables work
             endpoints = self._controller.list_endpoints(self.host)
             current = next((e for e in endpoints if e.id == req.endpoint_id), None)
             if current is None:
@@ -419,12 +443,14 @@ class NetworkDriver:
             if clash:
                 raise Conflict(clash)
             if current.port_mappings != mappings:
-                self._controller.update_endpoint(
+                updated = self._controller.update_endpoint(
                     req.endpoint_id, EndpointUpdate(port_mappings=mappings)
                 )
+                self._remember(updated)
             try:
                 self._sync_nat_locked()
             except Exception:
+                self._endpoints.pop(req.endpoint_id, None)
                 self._undo(
                     "restore port mappings",
                     self._controller.update_endpoint,
@@ -440,11 +466,18 @@ class NetworkDriver:
             ep = self._controller.get_endpoint(req.endpoint_id)
             if ep is None or not ep.port_mappings:
                 return EmptyReply()
-            self._controller.update_endpoint(req.endpoint_id, EndpointUpdate(port_mappings=()))
+            self._remember(
+                self._controller.update_endpoint(req.endpoint_id, EndpointUpdate(port_mappings=()))
+            )
             self._sync_nat()
         return EmptyReply()
 
     # ---- helpers ----
+
+    def _remember(self, endpoint: Endpoint) -> None:
+        """Keep the controller's latest copy of an endpoint this process already knows."""
+        if endpoint.id in self._endpoints:
+            self._endpoints[endpoint.id] = endpoint
 
     def _changed(self, network_id: str) -> None:
         """Tell the name learner (asynchronous; its failure never fails the call)."""

@@ -999,3 +999,64 @@ def test_program_external_connectivity_without_ports_touches_no_iptables(drv, ip
     # publishing later still works
     drv.program_external_connectivity(program_req(tcp(8080)))
     assert len([c for c in host.calls if c[0] == "sync_nat"]) == len(syncs) + 1
+
+
+# ---- what the hot calls read locally ------------------------------------------------------
+
+
+def docker_run_calls(drv: NetworkDriver) -> None:
+    """The calls ``docker run --rm`` makes for a container that publishes nothing."""
+    drv.create_endpoint(create_endpoint_req())
+    drv.endpoint_oper_info(ep_req())
+    drv.join(join_req())
+    drv.program_external_connectivity(program_req())
+    drv.endpoint_oper_info(ep_req())
+
+
+def test_an_attach_asks_the_controller_once_per_change(drv, ipam, ctl):
+    docker_create_network(ipam, drv, model="nat")
+    ctl.calls.clear()
+    docker_run_calls(drv)
+    assert ctl.names() == ["create_endpoint"]  # the network came with CreateNetwork
+    drv.revoke_external_connectivity(ep_req())
+    drv.delete_endpoint(ep_req())
+    # removal always reads the controller's copy: a mapping set elsewhere is cleaned up
+    assert ctl.names()[1:] == ["get_endpoint", "get_endpoint", "delete_endpoint"]
+
+
+def test_a_network_is_fetched_once_and_forgotten_with_its_deletion(ctl, host, ipam):
+    first = NetworkDriver(host=HOST, controller=ctl, host_ops=host, uplinks=UPLINKS)
+    docker_create_network(ipam, first, model="nat")
+    drv = NetworkDriver(host=HOST, controller=ctl, host_ops=host, uplinks=UPLINKS)  # restarted
+    ctl.calls.clear()
+    docker_run_calls(drv)
+    assert ctl.names().count("get_network") == 1
+    drv.delete_endpoint(ep_req())
+    drv.delete_network(p.NetworkRequest.model_validate({"NetworkID": NET}))
+    with pytest.raises(NotFound, match="not known to the qingluan controller"):
+        drv.create_endpoint(create_endpoint_req())
+
+
+def test_an_endpoint_created_before_a_restart_is_read_from_the_controller(ctl, host, ipam):
+    first = NetworkDriver(host=HOST, controller=ctl, host_ops=host, uplinks=UPLINKS)
+    docker_create_network(ipam, first, model="nat")
+    first.create_endpoint(create_endpoint_req())
+    drv = NetworkDriver(host=HOST, controller=ctl, host_ops=host, uplinks=UPLINKS)
+    ctl.calls.clear()
+    assert drv.endpoint_oper_info(ep_req()).value["qingluan.address"] == "10.210.0.7"
+    drv.join(join_req())
+    assert ctl.names().count("get_endpoint") == 2
+
+
+def test_published_ports_are_kept_in_the_local_copy(drv, ipam, ctl, host):
+    docker_create_network(ipam, drv, model="nat")
+    drv.create_endpoint(create_endpoint_req())
+    drv.program_external_connectivity(program_req(tcp(8080)))
+    syncs = [c for c in host.calls if c[0] == "sync_nat"]
+    ctl.calls.clear()
+    assert "com.docker.network.portmap" in drv.endpoint_oper_info(ep_req()).value
+    # a later call without ports must revoke them: it cannot return early
+    drv.program_external_connectivity(program_req())
+    assert ctl.endpoints[EP].port_mappings == ()
+    assert len([c for c in host.calls if c[0] == "sync_nat"]) == len(syncs) + 1
+    assert "com.docker.network.portmap" not in drv.endpoint_oper_info(ep_req()).value
