@@ -46,6 +46,7 @@ from benchmarks.lib import (
 
 QL_NET = "qlnat"
 BRIDGE_NET = "b1"
+NO_NET = "none"  # the same container without any network: what neither driver costs
 BRIDGE_SUBNET = "192.168.251.0/24"  # lives only in the simulated host's namespace
 IMAGE = "qingluan/busybox"
 CALL_LINE = re.compile(r"INFO qingluan\.driver\.server: (\S+) ok \(([0-9.]+) s\)")
@@ -82,20 +83,20 @@ def measure(runs: int, tso: bool) -> int:
         host.docker("network", "create", *QL, *nat, QL_NET)
         host.docker("network", "create", "-d", "bridge", "--subnet", BRIDGE_SUBNET, BRIDGE_NET)
         # warm-up (page cache, first-use paths of both drivers): not counted
-        timed_run(host, QL_NET)
-        timed_run(host, BRIDGE_NET)
+        for net in (QL_NET, BRIDGE_NET, NO_NET):
+            timed_run(host, net)
         time.sleep(0.5)  # let the last log lines of the warm-up land
         offset = host.driver.log.stat().st_size
-        times: dict[str, list[float]] = {QL_NET: [], BRIDGE_NET: []}
+        times: dict[str, list[float]] = {QL_NET: [], BRIDGE_NET: [], NO_NET: []}
         log(f"{runs} runs each, alternated")
         for i in range(runs):
-            order = (QL_NET, BRIDGE_NET) if i % 2 == 0 else (BRIDGE_NET, QL_NET)
-            for net in order:
+            pair = (QL_NET, BRIDGE_NET) if i % 2 == 0 else (BRIDGE_NET, QL_NET)
+            for net in (*pair, NO_NET) if i % 3 else (NO_NET, *pair):
                 times[net].append(timed_run(host, net))
         time.sleep(0.5)
         calls = driver_calls(host.driver.log, offset)
 
-    ql, br = times[QL_NET], times[BRIDGE_NET]
+    ql, br, none = times[QL_NET], times[BRIDGE_NET], times[NO_NET]
     print()
     print(
         f"attach latency: docker run --rm --network NET {IMAGE} true ({runs} runs each, "
@@ -104,7 +105,7 @@ def measure(runs: int, tso: bool) -> int:
     print()
     rows = [
         [name, f"{median(v):.3f}", f"{percentile(v, 90):.3f}", f"{min(v):.3f}", f"{max(v):.3f}"]
-        for name, v in (("qingluan nat", ql), ("docker bridge", br))
+        for name, v in (("qingluan nat", ql), ("docker bridge", br), ("--network none", none))
     ]
     print(table(["network", "median s", "p90 s", "min s", "max s"], rows))
     ratio_median = median(ql) / median(br)
@@ -114,6 +115,11 @@ def measure(runs: int, tso: bool) -> int:
     print(
         f"ratio qingluan/bridge: median {ratio_median:.2f}, p90 {ratio_p90:.2f}"
         f"  (goal <= 1.0: {verdict})"
+    )
+    own_ql, own_br = median(ql) - median(none), median(br) - median(none)
+    print(
+        f"over --network none (each network's own cost, medians): qingluan "
+        f"{own_ql * 1000:.0f} ms, bridge {own_br * 1000:.0f} ms"
     )
 
     # where qingluan's time goes: the driver's own timing of each plugin call

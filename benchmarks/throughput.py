@@ -15,7 +15,8 @@ controller), first with userspace TSO off, then (a second stack) with
   ``--network none`` and get a veth pair each, made here by hand: one end on
   ``base``, the other moved into the container's namespace as ``eth0``, with
   the same MTU as the qingluan network and the same TX offload setting the
-  driver chooses for this datapath (``tx_offload_off_needed``). So the only
+  driver chooses for this datapath (``tx_offload_off_needed``) and the same
+  receive buffer for ovs-vswitchd's socket of each port (``sockbuf``). So the only
   difference to the qingluan pair is the OpenFlow pipeline (and the driver's
   per-port settings it applies in both cases), which is what the ratio should
   show. Containers (not bare namespaces) on both sides, so the iperf3 binary,
@@ -60,6 +61,7 @@ from benchmarks.lib import (
     table,
 )
 from qingluan.driver.host.plumbing import tx_offload_off_needed
+from qingluan.driver.host.sockbuf import PacketSocketBuffers
 from qingluan.model import DatapathType
 from tests.support.proc import wait_until
 
@@ -154,6 +156,9 @@ def normal_pair(host: SimHost, mtu: int, tx_off: bool) -> Pair:
         host.sh(*inside, "ip", "link", "set", "eth0", "up")
         host.sh("ip", "link", "set", port, "up")
         host.ovs.vsctl("add-port", BASE_BRIDGE, port)
+        # the receive buffer the driver gives its own ports' sockets (host/sockbuf.py)
+        ifindex = int(host.sh("cat", f"/sys/class/net/{port}/ifindex"))
+        PacketSocketBuffers(host.ovs.root / "ovs-vswitchd.pid").raise_for([ifindex])
     return Pair("NORMAL", "nb-srv", "nb-cli", BASE_ADDRS[0])
 
 

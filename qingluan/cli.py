@@ -24,6 +24,16 @@ def _controller_url(args: argparse.Namespace) -> str:
     return str(args.controller or os.environ.get("QINGLUAN_CONTROLLER") or DEFAULT_API)
 
 
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return number
+
+
 def _add_controller_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--controller",
@@ -311,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drv.add_argument("--bridge", default="br-ql", help="integration bridge name")
     drv.add_argument("--ovsdb", default=None, help="OVSDB socket, e.g. unix:/run/ovs/db.sock")
+    drv.add_argument(
+        "--ovs-rcvbuf",
+        type=_non_negative_int,
+        default=None,
+        metavar="BYTES",
+        help="userspace datapath: receive buffer of ovs-vswitchd's packet sockets for the "
+        "bridge's ports (default 4194304; 0: the system default)",
+    )
     drv.add_argument("--plugin-dir", type=Path, default=Path("/run/docker/plugins"))
     drv.add_argument("--chain-prefix", default="QINGLUAN", help="prefix of iptables chains")
     drv.add_argument("--datapath", choices=("auto", "system", "netdev"), default="auto")

@@ -64,4 +64,5 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
         ids_dir=Path(str(get("ids_dir", defaults.ids_dir))),
         sflow_agent=str(agent) if agent else None,
         settings_interval=float(str(get("settings_interval", defaults.settings_interval))),
+        ovs_rcvbuf=int(str(get("ovs_rcvbuf", defaults.ovs_rcvbuf))),
     )

@@ -48,6 +48,7 @@ from qingluan.driver.guard import HostGuard
 from qingluan.driver.handlers import IpamDriver, NetworkDriver
 from qingluan.driver.host.iptables import DEFAULT_PREFIX
 from qingluan.driver.host.plumbing import LinuxHost
+from qingluan.driver.host.sockbuf import DEFAULT_RCVBUF
 from qingluan.driver.ids_runner import HostIds
 from qingluan.driver.interfaces import ControllerClient, HostOps, SweepReport
 from qingluan.driver.learner import DockerApi, NameLearner, default_docker_host
@@ -107,6 +108,9 @@ class DriverConfig:
     ids_dir: Path = DEFAULT_IDS_DIR  # sockets, Suricata's config and logs
     sflow_agent: str | None = None  # sFlow agent device or address; None: Open vSwitch's choice
     settings_interval: float = 5.0  # seconds between looks at the monitoring settings
+    # userspace datapath: receive buffer of ovs-vswitchd's packet sockets for the bridge's
+    # ports (host/sockbuf.py); 0: leave the system default
+    ovs_rcvbuf: int = DEFAULT_RCVBUF
 
     @property
     def network_socket(self) -> Path:
@@ -171,6 +175,7 @@ class Driver:
             datapath_type=config.datapath_type,
             underlay_address=config.underlay_address,
             underlay_nic=config.underlay_nic,
+            ovs_rcvbuf=config.ovs_rcvbuf,
         )
         learner = NameLearner(
             host=config.host, controller=controller, docker=DockerApi(config.docker_host)

@@ -27,6 +27,7 @@ from qingluan.driver.host.ovs import detect_datapath_type
 from qingluan.driver.host.plumbing import LinuxHost
 from qingluan.model import DatapathType, Endpoint, Network, NetworkModel, PortMapping, Protocol
 from tests.support.ovs import Netns, OvsInstance, ovs_in_netns
+from tests.support.proc import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -273,6 +274,39 @@ def test_a_port_whose_device_is_missing_is_refused_and_detached(rig):
     with pytest.raises(HostError, match="cannot attach qlvnodev to br-ql: could not open"):
         host.ovs.add_port("br-ql", "qlvnodev", {"qingluan-owner": "qingluan"})
     assert "qlvnodev" not in host.ovs.port_names("br-ql")
+
+
+def rcvbuf(ns: Netns, dev: str) -> int:
+    """The receive buffer of ovs-vswitchd's packet socket bound to ``dev`` (from ``ss``)."""
+    for line in ns.run("ss", "-0", "-m", "-p", "-a").splitlines():
+        if f"*:{dev} " in line and "ovs-vswitchd" in line:
+            return int(line.split("skmem:(")[1].split(",")[1].removeprefix("rb"))
+    raise AssertionError(f"no ovs-vswitchd packet socket for {dev}")
+
+
+def test_ovs_packet_sockets_get_the_larger_receive_buffer(rig):
+    ns, ovs, plain = rig
+    default = int(ns.run("sysctl", "-n", "net.core.rmem_default"))
+    port = plain.ensure_endpoint(EP_ID, NAT, names.endpoint_mac(EP_ID))
+    assert rcvbuf(ns, port) == default  # without the setting OVS keeps the default
+    host = LinuxHost(
+        bridge="br-ql",
+        ovsdb=f"unix:{ovs.sock}",
+        netns=ns.name,
+        chain_prefix=PREFIX,
+        datapath_type=DatapathType.NETDEV,
+        ovs_rcvbuf=4 << 20,
+    )
+    host.ensure_endpoint(EP_ID, NAT, names.endpoint_mac(EP_ID))
+    assert rcvbuf(ns, port) == 8 << 20  # the kernel reports twice what was set
+    # ovs-vswitchd opens a new socket when the port is re-added: the sync's re-attach raises it
+    ovs.vsctl("del-port", "br-ql", port)
+    ovs.vsctl("add-port", "br-ql", port)
+    wait_until(lambda: rcvbuf(ns, port) == default, 10, "the re-created socket")
+    report = host.sweep([NAT], [endpoint(EP_ID, NAT, "10.210.1.5")])
+    assert report.endpoints_reattached == [port] and rcvbuf(ns, port) == 8 << 20
+    assert host.raise_buffers([port]) == 0  # already large enough: left alone
+    host.remove_endpoint(EP_ID)
 
 
 def test_foreign_device_with_our_name_is_not_deleted(rig):

@@ -48,6 +48,7 @@ from qingluan.driver.host.ovs import (
     Ovs,
     detect_datapath_type,
 )
+from qingluan.driver.host.sockbuf import PacketSocketBuffers, vswitchd_pidfile
 from qingluan.driver.host.tunnel import Tunnel, parse_underlay_address
 from qingluan.driver.interfaces import SweepReport
 from qingluan.driver.protocol import PHYSNET_OPTION, UPLINK_OPTION
@@ -149,11 +150,14 @@ class LinuxHost:
         underlay_nic: str | None = None,
         ovs_timeout: int = 10,
         userspace_tso: bool | None = None,
+        ovs_rcvbuf: int = 0,
     ) -> None:
         """``userspace_tso``: None reads ``other_config:userspace-tso-enable`` from OVS
         (netdev datapath only) in every ``ensure_bridge`` and, if none ran yet,
         at the first veth; True/False fixes it. ``underlay_address`` (``IP/LEN``)
-        and ``underlay_nic``: the VXLAN tunnel endpoint (``tunnel.Tunnel``)."""
+        and ``underlay_nic``: the VXLAN tunnel endpoint (``tunnel.Tunnel``).
+        ``ovs_rcvbuf``: on the netdev datapath, the receive buffer of ovs-vswitchd's
+        packet socket of every port put on the bridge (``sockbuf``); 0: untouched."""
         self._bridge = bridge
         self.runner = Runner(netns)
         self.ovs = Ovs(self.runner, db=ovsdb, timeout=ovs_timeout)
@@ -176,6 +180,12 @@ class LinuxHost:
         )
         self._tso_fixed = userspace_tso
         self._tso: bool | None = userspace_tso
+        self._buffers = (
+            PacketSocketBuffers(vswitchd_pidfile(ovsdb), ovs_rcvbuf)
+            if ovs_rcvbuf > 0 and self._datapath_type is DatapathType.NETDEV
+            else None
+        )
+        self._buffers_failing = False
 
     @property
     def datapath_type(self) -> DatapathType:
@@ -295,6 +305,25 @@ class LinuxHost:
         if not on_bridge:
             undo.callback(self._silently, self.ovs.del_port, self._bridge, port)
         self.ovs.add_port(self._bridge, port, external_ids)
+        self.raise_buffers([port])
+
+    def raise_buffers(self, ports: Iterable[str]) -> int:
+        """The receive buffers of ovs-vswitchd's sockets for these ports (netdev datapath,
+        ``ovs_rcvbuf``); a failure is logged, never raised: it only costs throughput."""
+        if self._buffers is None:
+            return 0
+        indexes = [link.index for link in map(self.links.get, ports) if link is not None]
+        try:
+            raised = self._buffers.raise_for(indexes)
+        except (HostError, OSError) as exc:
+            if not self._buffers_failing:
+                log.warning("receive buffers of ovs-vswitchd's sockets left as they are: %s", exc)
+            self._buffers_failing = True
+            return 0
+        if self._buffers_failing:
+            log.info("receive buffers of ovs-vswitchd's sockets: raising them works again")
+        self._buffers_failing = False
+        return raised
 
     # ---- gateways ----
 
@@ -349,6 +378,7 @@ class LinuxHost:
         self._offloads(nic)
         # --may-exist: a second flat network (or a repeat) reuses the port
         self.ovs.add_port(self._bridge, nic, {OWNER_KEY: OWNER, UPLINK_KEY: physnet})
+        self.raise_buffers([nic])
 
     # ---- endpoints ----
 
@@ -425,6 +455,7 @@ class LinuxHost:
             report.nat_changed = self.sync_nat(networks, endpoints)
 
         attempt("iptables", resync)
+
         return report
 
     def underlay_mtu(self) -> int | None:
