@@ -34,6 +34,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 from pydantic import ValidationError
@@ -85,6 +86,7 @@ from qingluan.errors import (
     Exhausted,
     InvalidRequest,
     NotFound,
+    QingluanError,
     Unauthorized,
 )
 from qingluan.model import Endpoint, Network, NetworkModel, PortMapping
@@ -93,6 +95,7 @@ from qingluan.modes import UPLINK_MODELS, has_gateway_dev, is_natted
 log = logging.getLogger(__name__)
 
 VXLAN_OVERHEAD = 50
+FLUSH_TIMEOUT = 30.0  # longest wait for background endpoint removals
 
 # Errors after which the controller surely did not store anything.
 _REFUSED = (InvalidRequest, Conflict, Exhausted, NotFound, Unauthorized)
@@ -171,12 +174,16 @@ class NetworkDriver:
         # What the hot calls read without asking the controller again. Networks: only
         # what is fixed at creation is used here (model, subnet, gateway, MTU, options;
         # name and ids can change through REST and are not read from this copy).
-        # Endpoints: the ones this process created, as it last wrote them; only Join,
-        # EndpointOperInfo and a ProgramExternalConnectivity that publishes nothing
-        # read them. Removal (RevokeExternalConnectivity, DeleteEndpoint) always asks
-        # the controller, so a mapping set elsewhere is never left in iptables.
+        # Endpoints: the ones this process created, as it last wrote them; Join,
+        # EndpointOperInfo, and Program/RevokeExternalConnectivity when nothing is or was
+        # published read them. DeleteEndpoint always asks the controller, so a mapping
+        # set through REST is never left in iptables.
         self._networks: dict[str, Network] = {}
         self._endpoints: dict[str, Endpoint] = {}
+        # DeleteEndpoint's veth removals, in the background (see delete_endpoint)
+        self._removals = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ql-remove")
+        self._removals_lock = threading.Lock()
+        self._pending: set[Future[None]] = set()
 
     @contextmanager
     def _hold(self, key: str) -> Iterator[None]:
@@ -300,6 +307,7 @@ class NetworkDriver:
     def delete_network(self, req: NetworkRequest) -> EmptyReply:
         # A flat network's uplink NIC stays on the bridge: other flat networks of the same
         # physical network may use it, and attaching it again is all a next one needs.
+        self.flush()  # its endpoints' veths are gone before the network is
         with self._hold(req.network_id):
             self._networks.pop(req.network_id, None)
             self._controller.delete_network(req.network_id)
@@ -379,14 +387,52 @@ class NetworkDriver:
         return EndpointOperInfoReply(value=value)
 
     def delete_endpoint(self, req: EndpointRequest) -> EmptyReply:
+        """The controller forgets the endpoint (its flows are gone, confirmed by a
+        barrier) and its published ports leave iptables before this returns; the veth
+        pair and its OVS port, which then carry nothing, are removed right after in
+        the background (the kernel takes 15-20 ms to delete a veth). DeleteNetwork,
+        the periodic sync and shutdown wait for those removals (:meth:`flush`); after
+        a crash the start-up sweep removes what is left."""
         with self._hold(req.endpoint_id):
             self._endpoints.pop(req.endpoint_id, None)
             ep = self._controller.get_endpoint(req.endpoint_id)
             self._controller.delete_endpoint(req.endpoint_id)
-            self._host_ops.remove_endpoint(req.endpoint_id)
             if ep is not None and ep.port_mappings:
                 self._sync_nat()
+        future = self._removals.submit(self._remove_plumbing, req.endpoint_id)
+        with self._removals_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._removed)
         return EmptyReply()
+
+    def _remove_plumbing(self, endpoint_id: str) -> None:
+        try:
+            with self._hold(endpoint_id):
+                self._host_ops.remove_endpoint(endpoint_id)
+        except Exception as exc:
+            log.error(
+                "endpoint %s: its veth and port were not removed (%s); the next sync does it",
+                short(endpoint_id),
+                exc.message if isinstance(exc, QingluanError) else repr(exc),
+            )
+
+    def _removed(self, future: Future[None]) -> None:
+        with self._removals_lock:
+            self._pending.discard(future)
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
+        """Wait for the endpoint removals started so far; True if none is left. Never call
+        it while holding a plugin-call hold: the removals take one themselves."""
+        with self._removals_lock:
+            pending = list(self._pending)
+        _, left = wait(pending, timeout=timeout)
+        if left:
+            log.warning("%d endpoint removal(s) still running after %.0f s", len(left), timeout)
+        return not left
+
+    def close(self) -> None:
+        self.flush()
+        self._removals.shutdown(wait=False)
 
     def join(self, req: JoinRequest) -> JoinReply:
         with self._hold(req.endpoint_id):
@@ -462,6 +508,9 @@ class NetworkDriver:
         return EmptyReply()
 
     def revoke_external_connectivity(self, req: EndpointRequest) -> EmptyReply:
+        known = self._endpoints.get(req.endpoint_id)
+        if known is not None and not known.port_mappings:
+            return EmptyReply()  # it published nothing (DeleteEndpoint re-checks anyway)
         with self._hold(req.endpoint_id):
             ep = self._controller.get_endpoint(req.endpoint_id)
             if ep is None or not ep.port_mappings:

@@ -204,6 +204,9 @@ class Driver:
             dpid,
             self.host_ops.datapath_type.value,
         )
+        # endpoint removals still running take the guard themselves: let them finish first,
+        # so the sweep does not race them for the same veths
+        self.network_driver.flush()
         with self.guard.exclusive():
             networks = self.controller.list_networks(cfg.host)
             endpoints = self.controller.list_endpoints(cfg.host)
@@ -355,6 +358,7 @@ class Driver:
                 self.learner.stop(timeout=5)
             if self.ids is not None:
                 self.ids.close()
+            self.network_driver.close()  # endpoint removals still running finish first
             log.info("driver stopped")
 
 

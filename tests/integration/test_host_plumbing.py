@@ -197,6 +197,7 @@ def test_endpoint_veth_and_reuse_after_move(rig):
     )
     info = link_json(ns, peer)
     assert info["address"] == mac and info["mtu"] == 1450
+    assert link_json(ns, port)["mtu"] == 1450
     assert "UP" not in info["flags"]  # Docker brings the container end up
     for key in ("ipv4.conf.{}.arp_ignore", "ipv6.conf.{}.disable_ipv6",
                 "ipv4.conf.{}.route_localnet"):  # fmt: skip

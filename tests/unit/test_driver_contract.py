@@ -176,6 +176,7 @@ def test_docker_run_lifecycle_against_the_real_api(client: HttpControllerClient)
     ipam.release_address(
         p.ReleaseAddressRequest.model_validate({"PoolID": pool.pool_id, "Address": addr.address})
     )
+    assert drv.flush(5)  # the veth goes in the background
     assert client.get_endpoint(EP1) is None and host.veths == {}
     # teardown calls for ids nobody knows any more
     drv.delete_endpoint(ids)

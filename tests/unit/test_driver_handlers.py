@@ -25,6 +25,7 @@ from qingluan.api_schema import (
 from qingluan.driver import protocol as p
 from qingluan.driver.guard import HostGuard
 from qingluan.driver.handlers import IpamDriver, NetworkDriver, join_gateway, port_conflict
+from qingluan.driver.host.commands import HostError
 from qingluan.driver.interfaces import NetworkCreated, SweepReport
 from qingluan.errors import (
     Conflict,
@@ -223,6 +224,7 @@ class FakeHost:
         self.nat: tuple[list[str], dict[str, tuple[PortMapping, ...]]] | None = None
         self.fail: dict[str, QingluanError] = {}
         self.mtu: int | None = 1500
+        self.removal_gate: threading.Event | None = None  # set: remove_endpoint waits for it
 
     @property
     def datapath_type(self) -> DatapathType:
@@ -262,6 +264,8 @@ class FakeHost:
         return names.endpoint_port(endpoint_id)
 
     def remove_endpoint(self, endpoint_id: str) -> None:
+        if self.removal_gate is not None:
+            assert self.removal_gate.wait(10), "the test never opened the gate"
         self._call("remove_endpoint", endpoint_id)
         self.veths.pop(endpoint_id, None)
 
@@ -749,8 +753,37 @@ def test_delete_endpoint(drv, ipam, ctl, host):
     docker_create_network(ipam, drv, model="nat")
     drv.create_endpoint(create_endpoint_req())
     drv.delete_endpoint(ep_req())
+    assert drv.flush(5)
     assert EP not in ctl.endpoints and host.veths == {}
     drv.delete_endpoint(ep_req())  # again: fine
+    assert drv.flush(5)
+
+
+def test_the_veth_goes_after_delete_endpoint_returned_and_before_the_network(drv, ipam, ctl, host):
+    docker_create_network(ipam, drv, model="nat")
+    drv.create_endpoint(create_endpoint_req())
+    host.removal_gate = threading.Event()
+    drv.delete_endpoint(ep_req())  # returns while the removal waits
+    assert EP not in ctl.endpoints and EP in host.veths
+    assert not drv.flush(0.1)
+    deleting = threading.Thread(
+        target=drv.delete_network, args=(p.NetworkRequest.model_validate({"NetworkID": NET}),)
+    )
+    deleting.start()
+    deleting.join(0.2)
+    assert deleting.is_alive() and NET in ctl.networks  # DeleteNetwork waits for it
+    host.removal_gate.set()
+    deleting.join(5)
+    assert host.veths == {} and NET not in ctl.networks
+
+
+def test_a_failed_background_removal_is_logged(drv, ipam, ctl, host, caplog):
+    docker_create_network(ipam, drv, model="nat")
+    drv.create_endpoint(create_endpoint_req())
+    host.fail["remove_endpoint"] = HostError("ip: device busy")
+    drv.delete_endpoint(ep_req())  # Docker is told it worked: the controller forgot it
+    assert drv.flush(5) and EP not in ctl.endpoints
+    assert "its veth and port were not removed (ip: device busy)" in caplog.text
 
 
 # ---- Join ---------------------------------------------------------------------------
@@ -1020,8 +1053,26 @@ def test_an_attach_asks_the_controller_once_per_change(drv, ipam, ctl):
     assert ctl.names() == ["create_endpoint"]  # the network came with CreateNetwork
     drv.revoke_external_connectivity(ep_req())
     drv.delete_endpoint(ep_req())
-    # removal always reads the controller's copy: a mapping set elsewhere is cleaned up
-    assert ctl.names()[1:] == ["get_endpoint", "get_endpoint", "delete_endpoint"]
+    # deletion always reads the controller's copy: a mapping set elsewhere is cleaned up
+    assert ctl.names()[1:] == ["get_endpoint", "delete_endpoint"]
+
+
+def test_deleting_an_endpoint_clears_mappings_set_through_rest(drv, ipam, ctl, host):
+    docker_create_network(ipam, drv, model="nat")
+    drv.create_endpoint(create_endpoint_req())
+    ctl.endpoints[EP] = ctl.endpoints[EP].model_copy(
+        update={
+            "port_mappings": (
+                PortMapping(
+                    proto=Protocol.TCP, container_port=80, host_port=8080, host_port_end=8080
+                ),
+            )
+        }
+    )  # a PATCH through REST, behind the driver's back
+    syncs = len([c for c in host.calls if c[0] == "sync_nat"])
+    drv.revoke_external_connectivity(ep_req())
+    drv.delete_endpoint(ep_req())
+    assert len([c for c in host.calls if c[0] == "sync_nat"]) == syncs + 1
 
 
 def test_a_network_is_fetched_once_and_forgotten_with_its_deletion(ctl, host, ipam):

@@ -107,7 +107,6 @@ class Links:
         mine = self.get(name)
         if mine is not None and mine.kind != "veth":
             raise HostError(f"{name} exists and is not a veth ({mine.kind}): remove it")
-        created = False
         if mine is not None and not mine.peer_elsewhere and self._foreign_peer(mine, peer):
             log.info("veth %s has a foreign peer: re-creating it", name)
             self.delete(name)
@@ -123,7 +122,7 @@ class Links:
                 spec["address"] = peer_mac
             with self._ipr(f"create veth {name}/{peer}") as ipr:
                 ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer=spec)
-            created = True
+            return True  # made with the MTU and MAC asked for: nothing to check
         self.set(name, mtu=mtu)
         if self.get(peer) is not None:
             try:
@@ -132,7 +131,7 @@ class Links:
                 if self.get(peer) is not None:
                     raise
                 # Docker moved it into the container meanwhile: it set the MAC itself
-        return created
+        return False
 
     def _foreign_peer(self, mine: Link, peer: str) -> bool:
         """Is the other end of ``mine`` (whose peer was in this namespace) not ``peer``?
