@@ -462,12 +462,18 @@ def create_app(
         return services.update_endpoint(endpoint_id, body)
 
     @router.delete(
-        "/endpoints/{endpoint_id}", status_code=204, dependencies=auth, tags=["endpoints"]
+        "/endpoints/{endpoint_id}",
+        status_code=200,
+        response_model=Endpoint,
+        dependencies=auth,
+        tags=["endpoints"],
+        responses={204: {"description": "unknown endpoint: nothing to delete"}},
     )
-    def delete_endpoint(endpoint_id: DockerId) -> Response:
-        """DeleteEndpoint: returns after its flows are gone (unknown: 204)."""
-        services.delete_endpoint(endpoint_id)
-        return Response(status_code=204)
+    def delete_endpoint(endpoint_id: DockerId) -> Endpoint | Response:
+        """DeleteEndpoint: returns after its flows are gone, with the endpoint as it was
+        (the driver learns its published ports from it); unknown: 204."""
+        gone = services.delete_endpoint(endpoint_id)
+        return Response(status_code=204) if gone is None else gone
 
     # ---- ACLs ----
 

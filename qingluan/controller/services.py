@@ -684,13 +684,14 @@ class Services(StoreState):
             self._converge_all()  # a rule naming the container or a label now applies
         return updated
 
-    def delete_endpoint(self, endpoint_id: str) -> None:
-        """DeleteEndpoint: forget it and take its flows off. Its address stays
-        allocated until Docker's ReleaseAddress, which follows."""
+    def delete_endpoint(self, endpoint_id: str) -> Endpoint | None:
+        """DeleteEndpoint: forget it and take its flows off; returns what it was (None:
+        unknown). Its address stays allocated until Docker's ReleaseAddress, which
+        follows."""
         with self._store.transaction() as tx:
             endpoint = load(tx, endpoint_key(endpoint_id), Endpoint)
             if endpoint is None:
-                return
+                return None
             tx.delete(endpoint_key(endpoint_id))
             network = load(tx, network_key(endpoint.network_id), Network)
         self._converge_soon(endpoint.host)
@@ -698,6 +699,7 @@ class Services(StoreState):
             self._converge_neighbours(endpoint.host)
         if self._policy_exists():
             self._converge_others(endpoint.host)
+        return endpoint
 
     # ---- ACLs ----------------------------------------------------------------
 

@@ -289,13 +289,17 @@ class HttpControllerClient:
         response = self._send("PATCH", f"/endpoints/{_seg(endpoint_id)}", body=body)
         return self._json(response, Endpoint)
 
-    def delete_endpoint(self, endpoint_id: str) -> None:
-        self._send(
+    def delete_endpoint(self, endpoint_id: str) -> Endpoint | None:
+        """The endpoint as it was before the deletion (None: it was not there)."""
+        response = self._send(
             "DELETE",
             f"/endpoints/{_seg(endpoint_id)}",
             missing_ok=True,
             timeout=self._endpoint_timeout,
         )
+        if response is None or response.status_code == 204:
+            return None
+        return self._json(response, Endpoint)
 
     # ---- monitoring and IDS ----
 

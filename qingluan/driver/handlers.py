@@ -176,8 +176,8 @@ class NetworkDriver:
         # name and ids can change through REST and are not read from this copy).
         # Endpoints: the ones this process created, as it last wrote them; Join,
         # EndpointOperInfo, and Program/RevokeExternalConnectivity when nothing is or was
-        # published read them. DeleteEndpoint always asks the controller, so a mapping
-        # set through REST is never left in iptables.
+        # published read them. DeleteEndpoint goes by the controller's copy (the
+        # deletion returns it), so a mapping set through REST is never left in iptables.
         self._networks: dict[str, Network] = {}
         self._endpoints: dict[str, Endpoint] = {}
         # DeleteEndpoint's veth removals, in the background (see delete_endpoint)
@@ -395,8 +395,7 @@ class NetworkDriver:
         a crash the start-up sweep removes what is left."""
         with self._hold(req.endpoint_id):
             self._endpoints.pop(req.endpoint_id, None)
-            ep = self._controller.get_endpoint(req.endpoint_id)
-            self._controller.delete_endpoint(req.endpoint_id)
+            ep = self._controller.delete_endpoint(req.endpoint_id)  # as it was
             if ep is not None and ep.port_mappings:
                 self._sync_nat()
         future = self._removals.submit(self._remove_plumbing, req.endpoint_id)

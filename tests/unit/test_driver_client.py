@@ -121,10 +121,26 @@ def test_unknown_ids_on_get_and_delete():
     c = client_for(handler, token="t")
     assert c.get_network("nope") is None
     assert c.get_endpoint("nope") is None
-    c.delete_endpoint("nope")
+    assert c.delete_endpoint("nope") is None
     c.release_pool("nope")
     with pytest.raises(NotFound, match="no such thing"):
         c.update_endpoint("nope", EndpointUpdate(container_name="x"))
+
+
+def test_a_deletion_answers_with_the_endpoint_as_it_was():
+    ep = {"id": "e" * 64, "network_id": "n" * 64, "host": "h1", "mac": "02:42:0a:00:00:02",
+          "address": "10.0.0.2", "port_name": "qlveeeeeeeeeeee"}  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.method == "DELETE"
+        if request.url.path.endswith("e" * 64):
+            return httpx.Response(200, json=ep)
+        return httpx.Response(204)
+
+    c = client_for(handler, token="t")
+    gone = c.delete_endpoint("e" * 64)
+    assert gone is not None and gone.address == "10.0.0.2" and gone.port_mappings == ()
+    assert c.delete_endpoint("f" * 64) is None
 
 
 def test_token_file_is_reread_after_401(tmp_path: Path):

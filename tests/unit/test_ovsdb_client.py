@@ -178,9 +178,9 @@ def iface(server: OvsdbServer, name: str, column: str) -> str:
 
 def test_add_port_waits_for_the_ofport(server: OvsdbServer) -> None:
     db = Ovsdb(server.target, timeout=5)
-    writer = as_vswitchd(server, "set", "interface", "qlv1", "ofport=7")
+    writer = as_vswitchd(server, "set", "interface", "qlv1", "ofport=7", "ifindex=42")
     started = time.monotonic()
-    assert db.add_port("br0", "qlv1", {"qingluan-owner": "qingluan"}) == (7, None)
+    assert db.add_port("br0", "qlv1", {"qingluan-owner": "qingluan"}) == (7, None, 42)
     assert time.monotonic() - started >= 0.2  # it did wait for "ovs-vswitchd"
     writer.join(5)
     assert db.port_names("br0") == ["qlv1"]  # the bridge's own port is left out
@@ -190,7 +190,7 @@ def test_add_port_waits_for_the_ofport(server: OvsdbServer) -> None:
 def test_a_device_ovs_cannot_open_is_reported(server: OvsdbServer) -> None:
     db = Ovsdb(server.target, timeout=5)
     as_vswitchd(server, "set", "interface", "qlv1", "ofport=-1", 'error="no such device"')
-    assert db.add_port("br0", "qlv1", {}) == (-1, "no such device")
+    assert db.add_port("br0", "qlv1", {}) == (-1, "no such device", None)
 
 
 def test_add_port_times_out_without_ovs_vswitchd(server: OvsdbServer) -> None:
@@ -202,7 +202,7 @@ def test_an_existing_port_keeps_its_other_external_ids(server: OvsdbServer) -> N
     server.vsctl("add-port", "br0", "qlv1", "--", "set", "interface", "qlv1", "ofport=3",
                  "external_ids:keep=me", "external_ids:qingluan-network=old")  # fmt: skip
     db = Ovsdb(server.target, timeout=5)
-    assert db.add_port("br0", "qlv1", {"qingluan-network": "new"}) == (3, None)
+    assert db.add_port("br0", "qlv1", {"qingluan-network": "new"}) == (3, None, None)
     assert iface(server, "qlv1", "external_ids") == "{keep=me, qingluan-network=new}"
     assert db.port_names("br0") == ["qlv1"]  # still one port
 

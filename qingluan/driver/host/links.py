@@ -112,16 +112,17 @@ class Links:
             self.delete(name)
             mine = None
         if mine is None:
-            stray = self.get(peer)
-            if stray is not None:
-                if stray.kind != "veth":
-                    raise HostError(f"{peer} exists and is not a veth ({stray.kind}): remove it")
-                self.delete(peer)
             spec: dict[str, Any] = {"ifname": peer, "mtu": mtu}
             if peer_mac:
                 spec["address"] = peer_mac
             with self._ipr(f"create veth {name}/{peer}") as ipr:
-                ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer=spec)
+                try:
+                    ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer=spec)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
+                    self._remove_stray(peer)  # a half-made pair left its peer behind
+                    ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer=spec)
             return True  # made with the MTU and MAC asked for: nothing to check
         self.set(name, mtu=mtu)
         if self.get(peer) is not None:
@@ -132,6 +133,19 @@ class Links:
                     raise
                 # Docker moved it into the container meanwhile: it set the MAC itself
         return False
+
+    def _remove_stray(self, peer: str) -> None:
+        stray = self.get(peer)
+        if stray is None:
+            raise HostError(f"cannot create the veth peer {peer}: the name is taken")
+        if stray.kind != "veth":
+            raise HostError(f"{peer} exists and is not a veth ({stray.kind}): remove it")
+        self.delete(peer)
+
+    def up(self, name: str) -> None:
+        """Bring ``name`` up (one request, no lookup: for a device just created)."""
+        with self._ipr(f"bring {name} up") as ipr:
+            ipr.link("set", ifname=name, state="up")
 
     def _foreign_peer(self, mine: Link, peer: str) -> bool:
         """Is the other end of ``mine`` (whose peer was in this namespace) not ``peer``?

@@ -173,15 +173,17 @@ class Ovs:
 
     # ---- ports ----
 
-    def add_port(self, bridge: str, port: str, external_ids: Mapping[str, str]) -> None:
+    def add_port(self, bridge: str, port: str, external_ids: Mapping[str, str]) -> int | None:
         """Attach ``port`` with these external_ids (or keep it and set them); fail (and
-        detach it) if OVS cannot open it."""
-        ofport, error = self.native.add_port(bridge, port, external_ids)
+        detach it) if OVS cannot open it. Returns the interface index OVS reports (None:
+        not reported yet)."""
+        ofport, error, ifindex = self.native.add_port(bridge, port, external_ids)
         if error or ofport == -1:
             self.del_port(bridge, port)
             raise HostError(
                 f"Open vSwitch cannot attach {port} to {bridge}: {error or 'no ofport'}"
             )
+        return ifindex
 
     def ensure_vxlan_port(
         self, bridge: str, port: str, *, local_ip: str, external_ids: Mapping[str, str]

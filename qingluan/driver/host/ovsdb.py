@@ -154,7 +154,7 @@ def set_external_ids_ops(iface_uuid: str, external_ids: Mapping[str, str]) -> li
 
 def await_ofport_ops(port: str, timeout_ms: int) -> list[Op]:
     """Hold the transaction until ovs-vswitchd gave the interface an ofport (-1 when it
-    could not open the device), then read it with the error."""
+    could not open the device), then read it with the error and the interface index."""
     return [
         {
             "op": "wait",
@@ -165,7 +165,7 @@ def await_ofport_ops(port: str, timeout_ms: int) -> list[Op]:
             "until": "!=",
             "rows": [{"ofport": ["set", []]}],
         },
-        select("Interface", by_name(port), ["ofport", "error"]),
+        select("Interface", by_name(port), ["ofport", "error", "ifindex"]),
     ]
 
 
@@ -285,9 +285,10 @@ class Ovsdb:
 
     def add_port(
         self, bridge: str, port: str, external_ids: Mapping[str, str]
-    ) -> tuple[int, str | None]:
+    ) -> tuple[int, str | None, int | None]:
         """Create ``port`` on ``bridge`` or reuse it there (``--may-exist``) and set these
-        external_ids; return (ofport, error) once ovs-vswitchd has opened it."""
+        external_ids; return (ofport, error, ifindex) once ovs-vswitchd has opened it
+        (ifindex None: not reported yet, or 0: a device without one)."""
         bridge_rows, port_row, iface_row = self.transact(lookup_port_ops(bridge, port))
         holders = {r["name"]: set(as_list(decode(r["ports"]))) for r in bridge_rows.get("rows", [])}
         if bridge not in holders:
@@ -313,7 +314,8 @@ class Ovsdb:
             raise OvsdbError(f"port {port} vanished from bridge {bridge}")
         ofport = optional(decode(rows[0]["ofport"]))
         error = optional(decode(rows[0]["error"]))
-        return (-1 if ofport is None else int(ofport)), error
+        ifindex = optional(decode(rows[0]["ifindex"]))
+        return (-1 if ofport is None else int(ofport)), error, int(ifindex or 0) or None
 
     def del_port(self, bridge: str, port: str, *, wait: bool = False) -> bool:
         """Take ``port`` off ``bridge`` if it is there; True if it was. ``wait``: return

@@ -304,15 +304,19 @@ class LinuxHost:
             on_bridge = False
         if not on_bridge:
             undo.callback(self._silently, self.ovs.del_port, self._bridge, port)
-        self.ovs.add_port(self._bridge, port, external_ids)
-        self.raise_buffers([port])
+        ifindex = self.ovs.add_port(self._bridge, port, external_ids)
+        self.raise_buffers([port], ifindex)
 
-    def raise_buffers(self, ports: Iterable[str]) -> int:
+    def raise_buffers(self, ports: Iterable[str], ifindex: int | None = None) -> int:
         """The receive buffers of ovs-vswitchd's sockets for these ports (netdev datapath,
-        ``ovs_rcvbuf``); a failure is logged, never raised: it only costs throughput."""
+        ``ovs_rcvbuf``); a failure is logged, never raised: it only costs throughput.
+        ``ifindex``: the one port's interface index, when OVS already said it."""
         if self._buffers is None:
             return 0
-        indexes = [link.index for link in map(self.links.get, ports) if link is not None]
+        if ifindex is not None:
+            indexes = [ifindex]
+        else:
+            indexes = [link.index for link in map(self.links.get, ports) if link is not None]
         try:
             raised = self._buffers.raise_for(indexes)
         except (HostError, OSError) as exc:
@@ -377,8 +381,8 @@ class LinuxHost:
         self._quiet(nic)
         self._offloads(nic)
         # --may-exist: a second flat network (or a repeat) reuses the port
-        self.ovs.add_port(self._bridge, nic, {OWNER_KEY: OWNER, UPLINK_KEY: physnet})
-        self.raise_buffers([nic])
+        ifindex = self.ovs.add_port(self._bridge, nic, {OWNER_KEY: OWNER, UPLINK_KEY: physnet})
+        self.raise_buffers([nic], ifindex)
 
     # ---- endpoints ----
 
@@ -390,7 +394,10 @@ class LinuxHost:
                 undo.callback(self._silently, self.links.delete, port)
             self._offloads(port, peer, tunnelled=is_tunnelled(network))
             self._quiet(port, route_localnet=is_natted(network))
-            self.links.set(port, up=True)
+            if created:
+                self.links.up(port)
+            else:
+                self.links.set(port, up=True)
             self._attach(
                 port,
                 {OWNER_KEY: OWNER, ENDPOINT_KEY: endpoint_id, NETWORK_KEY: network.id},
