@@ -290,7 +290,7 @@ async def serve_plugins(
                 lifespan="off",
                 log_config=None,
                 access_log=False,
-                http="h11",
+                http="auto",  # httptools when installed (requirements.txt), else h11
                 timeout_graceful_shutdown=5,
                 timeout_keep_alive=30,
             )
