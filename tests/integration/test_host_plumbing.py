@@ -203,9 +203,11 @@ def test_endpoint_veth_and_reuse_after_move(rig):
                 "ipv4.conf.{}.route_localnet"):  # fmt: skip
         assert ns.run("sysctl", "-n", "net." + key.format(port)).strip() == "1", key
     assert tx_checksum(ns, peer) == "off" and tx_checksum(ns, port) == "off"
+    assert host.endpoint_plumbed(EP_ID)  # what Join checks
     # Docker moves the container end into the sandbox; ensure again reuses the pair
     with Netns() as sandbox:
         ns.run("ip", "link", "set", peer, "netns", sandbox.name)
+        assert not host.endpoint_plumbed(EP_ID)  # its end is no longer here
         index = link_json(ns, port)["ifindex"]
         assert host.ensure_endpoint(EP_ID, NAT, mac) == port
         assert link_json(ns, port)["ifindex"] == index

@@ -76,6 +76,18 @@ class Links:
                 raise
             return _link(msgs[0])
 
+    def all_exist(self, *names: str) -> bool:
+        """Whether every one of ``names`` is a device here (one netlink socket for all)."""
+        with self._ipr(f"look up {', '.join(names)}") as ipr:
+            for name in names:
+                try:
+                    ipr.link("get", ifname=name)
+                except NetlinkError as exc:
+                    if exc.code == errno.ENODEV:
+                        return False
+                    raise
+        return True
+
     def get_by_index(self, index: int) -> Link | None:
         with self._ipr(f"look up interface {index}") as ipr:
             try:

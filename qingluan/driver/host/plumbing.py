@@ -408,9 +408,8 @@ class LinuxHost:
         return port
 
     def endpoint_plumbed(self, endpoint_id: str) -> bool:
-        return (
-            self.links.get(names.endpoint_port(endpoint_id)) is not None
-            and self.links.get(names.endpoint_peer(endpoint_id)) is not None
+        return self.links.all_exist(
+            names.endpoint_port(endpoint_id), names.endpoint_peer(endpoint_id)
         )
 
     def remove_endpoint(self, endpoint_id: str) -> None:
