@@ -70,16 +70,22 @@ NAT = network(NAT_ID, NetworkModel.NAT, "10.210.1.0/24", key=1)
 NONAT = network(NONAT_ID, NetworkModel.NONAT, "10.210.2.0/24", key=2)
 
 
+def host_of(ns: Netns, ovs: OvsInstance, **options: Any) -> LinuxHost:
+    """The driver's plumbing for the rig's namespace and OVS."""
+    return LinuxHost(
+        bridge="br-ql",
+        ovsdb=f"unix:{ovs.sock}",
+        netns=ns.name,
+        chain_prefix=PREFIX,
+        datapath_type=DatapathType.NETDEV,
+        **options,
+    )
+
+
 @pytest.fixture
 def rig() -> Iterator[tuple[Netns, OvsInstance, LinuxHost]]:
     with ovs_in_netns() as (ns, ovs):
-        host = LinuxHost(
-            bridge="br-ql",
-            ovsdb=f"unix:{ovs.sock}",
-            netns=ns.name,
-            chain_prefix=PREFIX,
-            datapath_type=DatapathType.NETDEV,
-        )
+        host = host_of(ns, ovs)
         host.ensure_bridge(TARGET)
         try:
             yield ns, ovs, host
@@ -292,14 +298,7 @@ def test_ovs_packet_sockets_get_the_larger_receive_buffer(rig):
     default = int(ns.run("sysctl", "-n", "net.core.rmem_default"))
     port = plain.ensure_endpoint(EP_ID, NAT, names.endpoint_mac(EP_ID))
     assert rcvbuf(ns, port) == default  # without the setting OVS keeps the default
-    host = LinuxHost(
-        bridge="br-ql",
-        ovsdb=f"unix:{ovs.sock}",
-        netns=ns.name,
-        chain_prefix=PREFIX,
-        datapath_type=DatapathType.NETDEV,
-        ovs_rcvbuf=4 << 20,
-    )
+    host = host_of(ns, ovs, ovs_rcvbuf=4 << 20)
     host.ensure_endpoint(EP_ID, NAT, names.endpoint_mac(EP_ID))
     assert rcvbuf(ns, port) == 8 << 20  # the kernel reports twice what was set
     # ovs-vswitchd opens a new socket when the port is re-added: the sync's re-attach raises it

@@ -66,37 +66,30 @@ class Links:
         except NetlinkError as exc:
             raise HostError(f"{what}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
 
+    @staticmethod
+    def _lookup(ipr: IPRoute, **key: Any) -> Any:
+        """The link message for ``ifname=`` or ``index=``; None when there is no such device."""
+        try:
+            return ipr.link("get", **key)[0]
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+
     def get(self, name: str) -> Link | None:
         with self._ipr(f"look up {name}") as ipr:
-            try:
-                msgs = ipr.link("get", ifname=name)
-            except NetlinkError as exc:
-                if exc.code == errno.ENODEV:
-                    return None
-                raise
-            return _link(msgs[0])
+            msg = self._lookup(ipr, ifname=name)
+            return None if msg is None else _link(msg)
 
     def all_exist(self, *names: str) -> bool:
         """Whether every one of ``names`` is a device here (one netlink socket for all)."""
         with self._ipr(f"look up {', '.join(names)}") as ipr:
-            for name in names:
-                try:
-                    ipr.link("get", ifname=name)
-                except NetlinkError as exc:
-                    if exc.code == errno.ENODEV:
-                        return False
-                    raise
-        return True
+            return all(self._lookup(ipr, ifname=name) is not None for name in names)
 
     def get_by_index(self, index: int) -> Link | None:
         with self._ipr(f"look up interface {index}") as ipr:
-            try:
-                msgs = ipr.link("get", index=index)
-            except NetlinkError as exc:
-                if exc.code == errno.ENODEV:
-                    return None
-                raise
-            return _link(msgs[0])
+            msg = self._lookup(ipr, index=index)
+            return None if msg is None else _link(msg)
 
     def all(self) -> list[Link]:
         with self._ipr("list interfaces") as ipr:

@@ -122,18 +122,25 @@ class PacketSocketBuffers:
 
     @staticmethod
     def _fds_of(proc: Path, inodes: set[int]) -> list[int]:
+        """The descriptors of these socket inodes. Newest first (a port just added has
+        one of the highest numbers), stopping once all are found: with a thousand
+        ports ovs-vswitchd holds thousands of descriptors."""
         fds = []
         try:
-            entries = os.listdir(proc / "fd")
+            entries = sorted((int(e) for e in os.listdir(proc / "fd") if e.isdigit()), reverse=True)
         except OSError as exc:
             raise HostError(f"cannot list ovs-vswitchd's descriptors: {exc}") from None
-        for entry in entries:
+        left = set(inodes)
+        for fd in entries:
             try:
-                inode = socket_inode(os.readlink(proc / "fd" / entry))
+                inode = socket_inode(os.readlink(proc / "fd" / str(fd)))
             except OSError:
                 continue  # closed meanwhile
-            if inode in inodes:
-                fds.append(int(entry))
+            if inode in left:
+                fds.append(fd)
+                left.discard(inode)
+                if not left:
+                    break
         return fds
 
     def _raise_one(self, pidfd: int, fd: int) -> int:
