@@ -215,7 +215,7 @@ class RequireToken:
     def __init__(self, token: str) -> None:
         self._token = token
 
-    def __call__(
+    async def __call__(  # async: a plain comparison, no reason to hop to a worker thread
         self, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
     ) -> None:
         presented = credentials.credentials if credentials is not None else None
