@@ -254,6 +254,24 @@ def test_container_end_moved_during_a_resync_keeps_the_pair(rig):
         host.remove_endpoint(EP_ID)
 
 
+def test_existence_checks_in_the_drivers_own_namespace(rig):
+    """The driver normally runs in the namespace it manages: then a device's existence is
+    one ioctl, no netlink; the same answers as the netlink path of the rig's host."""
+    ns, _, host = rig
+    port = host.ensure_endpoint(EP_ID, NAT, names.endpoint_mac(EP_ID))
+    peer = names.endpoint_peer(EP_ID)
+    script = (
+        "import sys; from qingluan.driver.host.links import Links; "
+        f"l = Links(); print(l.exists('{port}'), l.all_exist('{port}', '{peer}'), "
+        f"l.all_exist('{port}', 'qlcnothere'), l.exists('qlvnothere'))"
+    )
+    inside = ns.run(sys.executable, "-c", script).split()
+    assert inside == ["True", "True", "False", "False"]
+    assert [host.links.exists(port), host.links.all_exist(port, peer)] == [True, True]
+    assert host.links.all_exist(port, "qlcnothere") is False
+    host.remove_endpoint(EP_ID)
+
+
 def test_half_made_pair_is_replaced(rig):
     ns, _, host = rig
     peer = names.endpoint_peer(EP_ID)
