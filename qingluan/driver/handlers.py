@@ -183,7 +183,7 @@ class NetworkDriver:
         # DeleteEndpoint's veth removals, in the background (see delete_endpoint)
         self._removals = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ql-remove")
         self._removals_lock = threading.Lock()
-        self._pending: set[Future[None]] = set()
+        self._pending: dict[Future[None], str] = {}  # removal -> its endpoint id
 
     @contextmanager
     def _hold(self, key: str) -> Iterator[None]:
@@ -343,6 +343,7 @@ class NetworkDriver:
         address = endpoint_address(req.interface)
         given_mac = req.interface.mac_address.strip().lower()
         mac = given_mac or names.endpoint_mac(req.endpoint_id)
+        self.flush(endpoint_id=req.endpoint_id)  # an id used again: its old veth goes first
         with self._hold(req.endpoint_id):
             network = self._network(req.network_id)
             port = self._host_ops.ensure_endpoint(req.endpoint_id, network, mac)
@@ -398,9 +399,9 @@ class NetworkDriver:
             ep = self._controller.delete_endpoint(req.endpoint_id)  # as it was
             if ep is not None and ep.port_mappings:
                 self._sync_nat()
-        future = self._removals.submit(self._remove_plumbing, req.endpoint_id)
         with self._removals_lock:
-            self._pending.add(future)
+            future = self._removals.submit(self._remove_plumbing, req.endpoint_id)
+            self._pending[future] = req.endpoint_id
         future.add_done_callback(self._removed)
         return EmptyReply()
 
@@ -417,13 +418,16 @@ class NetworkDriver:
 
     def _removed(self, future: Future[None]) -> None:
         with self._removals_lock:
-            self._pending.discard(future)
+            self._pending.pop(future, None)
 
-    def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
-        """Wait for the endpoint removals started so far; True if none is left. Never call
-        it while holding a plugin-call hold: the removals take one themselves."""
+    def flush(self, timeout: float = FLUSH_TIMEOUT, endpoint_id: str | None = None) -> bool:
+        """Wait for the endpoint removals started so far (only that endpoint's, if given);
+        True if none is left. Never call it while holding a plugin-call hold: the
+        removals take one themselves."""
         with self._removals_lock:
-            pending = list(self._pending)
+            pending = [f for f, e in self._pending.items() if endpoint_id in (None, e)]
+        if not pending:
+            return True
         _, left = wait(pending, timeout=timeout)
         if left:
             log.warning("%d endpoint removal(s) still running after %.0f s", len(left), timeout)

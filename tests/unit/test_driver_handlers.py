@@ -777,6 +777,24 @@ def test_the_veth_goes_after_delete_endpoint_returned_and_before_the_network(drv
     assert host.veths == {} and NET not in ctl.networks
 
 
+def test_an_endpoint_id_used_again_waits_for_its_old_veth_to_go(drv, ipam, ctl, host):
+    docker_create_network(ipam, drv, model="nat")
+    drv.create_endpoint(create_endpoint_req())
+    busy = threading.Event()
+    for _ in range(2):  # occupy both removal workers: the removal below waits in the queue
+        drv._removals.submit(busy.wait, 10)
+    drv.delete_endpoint(ep_req())
+    creating = threading.Thread(target=drv.create_endpoint, args=(create_endpoint_req(),))
+    creating.start()
+    creating.join(0.2)
+    assert creating.is_alive()  # it waits: the queued removal would take the new pair
+    busy.set()
+    creating.join(5)
+    assert drv.flush(5)
+    assert EP in host.veths and EP in ctl.endpoints
+    assert host.names()[-2:] == ["remove_endpoint", "ensure_endpoint"]
+
+
 def test_a_failed_background_removal_is_logged(drv, ipam, ctl, host, caplog):
     docker_create_network(ipam, drv, model="nat")
     drv.create_endpoint(create_endpoint_req())
