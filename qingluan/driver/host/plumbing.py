@@ -305,20 +305,21 @@ class LinuxHost:
         if not on_bridge:
             undo.callback(self._silently, self.ovs.del_port, self._bridge, port)
         ifindex = self.ovs.add_port(self._bridge, port, external_ids)
-        self.raise_buffers([port], ifindex)
+        self.raise_buffer(port, ifindex)
 
-    def raise_buffers(self, ports: Iterable[str], ifindex: int | None = None) -> int:
-        """The receive buffers of ovs-vswitchd's sockets for these ports (netdev datapath,
-        ``ovs_rcvbuf``); a failure is logged, never raised: it only costs throughput.
-        ``ifindex``: the one port's interface index, when OVS already said it."""
+    def raise_buffer(self, port: str, ifindex: int | None = None) -> int:
+        """The receive buffer of ovs-vswitchd's socket for ``port`` (netdev datapath,
+        ``ovs_rcvbuf``); 1 if it was raised now. A failure is logged, never raised: it only
+        costs throughput. ``ifindex``: the port's interface index, when OVS already said it."""
         if self._buffers is None:
             return 0
-        if ifindex is not None:
-            indexes = [ifindex]
-        else:
-            indexes = [link.index for link in map(self.links.get, ports) if link is not None]
+        if ifindex is None:
+            link = self.links.get(port)
+            if link is None:
+                return 0
+            ifindex = link.index
         try:
-            raised = self._buffers.raise_for(indexes)
+            raised = self._buffers.raise_for([ifindex])
         except (HostError, OSError) as exc:
             if not self._buffers_failing:
                 log.warning("receive buffers of ovs-vswitchd's sockets left as they are: %s", exc)
@@ -382,7 +383,7 @@ class LinuxHost:
         self._offloads(nic)
         # --may-exist: a second flat network (or a repeat) reuses the port
         ifindex = self.ovs.add_port(self._bridge, nic, {OWNER_KEY: OWNER, UPLINK_KEY: physnet})
-        self.raise_buffers([nic], ifindex)
+        self.raise_buffer(nic, ifindex)
 
     # ---- endpoints ----
 
@@ -408,9 +409,8 @@ class LinuxHost:
         return port
 
     def endpoint_plumbed(self, endpoint_id: str) -> bool:
-        return self.links.all_exist(
-            names.endpoint_port(endpoint_id), names.endpoint_peer(endpoint_id)
-        )
+        ends = (names.endpoint_port(endpoint_id), names.endpoint_peer(endpoint_id))
+        return all(map(self.links.exists, ends))
 
     def remove_endpoint(self, endpoint_id: str) -> None:
         port = names.endpoint_port(endpoint_id)
