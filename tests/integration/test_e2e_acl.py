@@ -34,7 +34,7 @@ class Rig:
     ips: dict[str, str] = field(default_factory=dict)
 
     def host(self, name: str) -> SimHost:
-        return next(h for h in self.stack.hosts if h.name == name)
+        return self.stack.host(name)
 
     def acl(self, *args: str) -> str:
         token = ("--token-file", str(self.stack.token_file)) if args[0] != "ls" else ()

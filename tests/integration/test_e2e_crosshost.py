@@ -55,7 +55,7 @@ class Cluster:
     vlan_hosts: dict[str, VlanHost] = field(default_factory=dict)
 
     def host(self, name: str) -> SimHost:
-        return next(h for h in self.stack.hosts if h.name == name)
+        return self.stack.host(name)
 
     def ip(self, where: str) -> str:
         return self.ips[where]

@@ -43,7 +43,7 @@ class Rig:
     ips: dict[str, str] = field(default_factory=dict)
 
     def host(self, name: str) -> SimHost:
-        return next(h for h in self.stack.hosts if h.name == name)
+        return self.stack.host(name)
 
     def cli(self, *args: str, token: bool = True) -> str:
         extra = ("--token-file", str(self.stack.token_file)) if token else ()

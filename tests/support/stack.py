@@ -378,6 +378,10 @@ class Stack:
             return False
         return any(h["host"]["name"] == name and h["connected"] for h in hosts)
 
+    def host(self, name: str) -> SimHost:
+        """The simulated host called ``name``."""
+        return next(h for h in self.hosts if h.name == name)
+
     def status(self) -> dict[str, Any]:
         data: dict[str, Any] = self.get("/v1/status")
         return data

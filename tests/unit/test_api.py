@@ -6,7 +6,6 @@ test_services): the real one needs a connected switch and is tested elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +89,6 @@ def make_api(store: SqliteStore, conv: RecordingConverger) -> Api:
     assert reply.status_code == 200, reply.text
     conv.calls.clear()
     return api
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore.in_state_dir(tmp_path)
-    yield s
-    s.close()
 
 
 @pytest.fixture

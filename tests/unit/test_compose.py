@@ -26,7 +26,7 @@ def services() -> dict[str, Any]:
     return dict(data["services"])
 
 
-def _volumes(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+def mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """target -> (source, mode) from the short volume syntax ``src:dst[:mode]``."""
     out = {}
     for spec in service.get("volumes", []):
@@ -70,7 +70,7 @@ def test_controller_publishes_openflow_and_the_api_on_loopback_only(
 
 def test_controller_keeps_its_state_in_a_volume(services: dict[str, Any]) -> None:
     args = _parse(services["controller"])
-    volumes = _volumes(services["controller"])
+    volumes = mounts(services["controller"])
     assert str(args.state_dir) in volumes
     assert volumes[str(args.state_dir)][1] == "rw"
 
@@ -87,7 +87,7 @@ def test_driver_works_on_the_host(services: dict[str, Any]) -> None:
 
 def test_driver_mounts_what_it_needs(services: dict[str, Any]) -> None:
     driver = services["driver"]
-    volumes = _volumes(driver)
+    volumes = mounts(driver)
     assert volumes["/run/docker/plugins"] == ("/run/docker/plugins", "rw")
     assert volumes["/var/run/openvswitch"] == ("/var/run/openvswitch", "rw")
     assert volumes["/var/lib/qingluan"] == ("/var/lib/qingluan", "ro")
@@ -97,9 +97,7 @@ def test_driver_mounts_what_it_needs(services: dict[str, Any]) -> None:
     # the sockets land where dockerd looks, the token is the controller's (same host path)
     assert str(args.plugin_dir) == "/run/docker/plugins"
     assert args.token_file.parent == Path("/var/lib/qingluan")
-    controller_state = _volumes(services["controller"])[
-        str(_parse(services["controller"]).state_dir)
-    ]
+    controller_state = mounts(services["controller"])[str(_parse(services["controller"]).state_dir)]
     assert controller_state[0] == volumes["/var/lib/qingluan"][0]
     assert args.controller == "http://127.0.0.1:6680"
 

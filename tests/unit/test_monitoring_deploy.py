@@ -22,6 +22,7 @@ import yaml
 
 from qingluan.cli import build_parser
 from qingluan.controller.metric_names import METRIC_NAMES, METRICS, MetricName
+from tests.unit.test_compose import mounts
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
@@ -64,15 +65,6 @@ def datasource_uid() -> str:
     uid = source["uid"]
     assert isinstance(uid, str) and uid
     return uid
-
-
-def _volumes(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    """target -> (source, mode) from the short volume syntax ``src:dst[:mode]``."""
-    out = {}
-    for spec in service.get("volumes", []):
-        source, target, *mode = spec.split(":")
-        out[target] = (source, mode[0] if mode else "rw")
-    return out
 
 
 def _all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -298,7 +290,7 @@ def test_prometheus_scrapes_the_controller_service_on_its_api_port(
 
 def test_prometheus_reads_the_file_from_the_repository(services: dict[str, Any]) -> None:
     prometheus = services["prometheus"]
-    volumes = _volumes(prometheus)
+    volumes = mounts(prometheus)
     source, mode = volumes["/etc/prometheus/prometheus.yml"]
     assert (REPO / source).resolve() == PROMETHEUS_YML
     assert mode == "ro"
@@ -322,14 +314,14 @@ def test_dashboards_are_read_where_compose_mounts_them(services: dict[str, Any])
     assert provider["type"] == "file"
     path = provider["options"]["path"]
     assert path == "/var/lib/grafana/dashboards"
-    volumes = _volumes(services["grafana"])
+    volumes = mounts(services["grafana"])
     source, mode = volumes[path]
     assert (REPO / source).resolve() == DASHBOARD_JSON.parent
     assert mode == "ro"
 
 
 def test_grafana_reads_the_provisioning_from_the_repository(services: dict[str, Any]) -> None:
-    volumes = _volumes(services["grafana"])
+    volumes = mounts(services["grafana"])
     source, mode = volumes["/etc/grafana/provisioning"]
     assert mode == "ro"
     root = (REPO / source).resolve()
@@ -342,7 +334,7 @@ def test_grafana_reads_the_provisioning_from_the_repository(services: dict[str, 
 
 def test_every_bind_mount_of_the_monitoring_services_exists(services: dict[str, Any]) -> None:
     for name in ("prometheus", "grafana"):
-        for target, (source, mode) in _volumes(services[name]).items():
+        for target, (source, mode) in mounts(services[name]).items():
             assert source.startswith("./"), f"{name}: {source} is not in the repository"
             assert (REPO / source).exists(), f"{name}: {source} (for {target}) does not exist"
             assert mode == "ro", f"{name}: {target} should be read-only"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -135,18 +135,6 @@ class World:
             self.feed([(arrived, datagram)])
             if name == until:
                 return
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore.in_state_dir(tmp_path)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def conv() -> RecordingConverger:
-    return RecordingConverger()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,18 +80,6 @@ class RecordingConverger:
 
     def dump(self, host: str) -> FlowDump:
         return FlowDump(host=host, connected=self.connected, flows=["x"], groups=[])
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore.in_state_dir(tmp_path)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def conv() -> RecordingConverger:
-    return RecordingConverger()
 
 
 @pytest.fixture

@@ -15,13 +15,6 @@ from qingluan.controller.store import STATE_FILE, SqliteStore, prefix_end
 from qingluan.model import Pool
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    s = SqliteStore.in_state_dir(tmp_path)
-    yield s
-    s.close()
-
-
 def test_get_put_delete(store: SqliteStore) -> None:
     assert store.get("a/1") is None
     store.put("a/1", {"x": 1})
