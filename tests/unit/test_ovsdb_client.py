@@ -213,6 +213,7 @@ def test_a_port_of_another_bridge_is_refused_and_left_alone(server: OvsdbServer)
     with pytest.raises(OvsdbError, match=r"qlv1 .*actually attached to bridge br1"):
         db.add_port("br0", "qlv1", {})
     assert db.port_names("br1") == ["qlv1"] and db.port_names("br0") == []
+    assert db.port_uuid("br0", "qlv1") is None and db.port_uuid("br1", "qlv1") is not None
     assert db.del_port("br0", "qlv1") is False
     assert db.port_names("br1") == ["qlv1"]
 

@@ -238,9 +238,5 @@ class Ovs:
     def port_names(self, bridge: str) -> list[str]:
         return self.native.port_names(bridge)
 
-    def interface_ids(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
-        """external_ids of these interfaces (absent names are left out)."""
-        if not names:
-            return {}
-        rows = self.rows("interface", ["name", "external_ids"], *names)
-        return {r["name"]: dict(r["external_ids"]) for r in rows}
+    def has_port(self, bridge: str, port: str) -> bool:
+        return self.native.port_uuid(bridge, port) is not None

@@ -317,18 +317,24 @@ class Ovsdb:
         ifindex = optional(decode(rows[0]["ifindex"]))
         return (-1 if ofport is None else int(ofport)), error, int(ifindex or 0) or None
 
-    def del_port(self, bridge: str, port: str, *, wait: bool = False) -> bool:
-        """Take ``port`` off ``bridge`` if it is there; True if it was. ``wait``: return
-        only once ovs-vswitchd applied it (needed before a port of the same name is
-        added again: until then ovs-vswitchd still holds the old device)."""
+    def port_uuid(self, bridge: str, port: str) -> str | None:
+        """The Port row of ``port`` if it is on ``bridge`` (None: absent, or elsewhere). Reads
+        only that port and that bridge, not every port of the database."""
         port_row, bridge_row = self.transact(
             [select("Port", by_name(port), ["_uuid"]), select("Bridge", by_name(bridge), ["ports"])]
         )
         ports, bridges = port_row.get("rows", []), bridge_row.get("rows", [])
         if not ports or not bridges:
-            return False
-        uuid = decode(ports[0]["_uuid"])
-        if uuid not in as_list(decode(bridges[0]["ports"])):
+            return None
+        uuid: str = decode(ports[0]["_uuid"])
+        return uuid if uuid in as_list(decode(bridges[0]["ports"])) else None
+
+    def del_port(self, bridge: str, port: str, *, wait: bool = False) -> bool:
+        """Take ``port`` off ``bridge`` if it is there; True if it was. ``wait``: return
+        only once ovs-vswitchd applied it (needed before a port of the same name is
+        added again: until then ovs-vswitchd still holds the old device)."""
+        uuid = self.port_uuid(bridge, port)
+        if uuid is None:
             return False
         results = self.transact(remove_port_ops(bridge, uuid, bump_cfg=wait))
         removed = bool(results[0].get("count"))

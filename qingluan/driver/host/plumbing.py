@@ -298,7 +298,7 @@ class LinuxHost:
         """Put ``port`` on the bridge. A port whose device was just re-created (it
         vanished behind our back) is detached first: OVS still holds the old
         device under that name and would not open the new one."""
-        on_bridge = port in self.ovs.port_names(self._bridge)
+        on_bridge = self.ovs.has_port(self._bridge, port)
         if on_bridge and created:
             self.ovs.del_port(self._bridge, port, wait=True)
             on_bridge = False
